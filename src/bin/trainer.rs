@@ -1,0 +1,219 @@
+//! `trainer`: SimSiam pretraining and benchmarks on a dog-breed dataset.
+//!
+//! Command-line flags override the configuration file (`config/trainer.toml` unless
+//! `--config` names another) and `SIMSIAM_*` environment variables.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use simsiam::config::{Backbone, Override, TrainConfig};
+use simsiam::train::{bench, pretrain};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "trainer",
+    version,
+    about = "SimSiam self-supervised pretraining for dog-breed embeddings"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pretrain an encoder with SimSiam; writes checkpoints, metrics.jsonl and training.png.
+    Pretrain(PretrainArgs),
+    /// Print images/s for the data pipeline, compute-only steps, and end to end.
+    Bench(BenchArgs),
+}
+
+/// Settings shared by every command that reads a dataset and builds a model.
+#[derive(Args)]
+struct Common {
+    /// Dataset root (Stanford Dogs layout, or one folder per class).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Configuration file (default: config/trainer.toml when present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Keep only the first N breeds.
+    #[arg(long)]
+    breeds: Option<usize>,
+    /// At most M images per breed in each split.
+    #[arg(long)]
+    max_per_breed: Option<usize>,
+    /// Model input side in pixels.
+    #[arg(long)]
+    image_size: Option<u32>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long, value_enum)]
+    backbone: Option<BackboneArg>,
+    /// cpu, cuda or auto.
+    #[arg(long)]
+    device: Option<String>,
+    /// libtorch compute threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Augmentation worker threads.
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args)]
+struct PretrainArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Run directory for checkpoints, metrics and plots.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after N epochs of this invocation (continue later with --resume).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// Stop the run when the collapse alarm fires.
+    #[arg(long)]
+    stop_on_collapse: bool,
+    /// kNN monitor every N epochs (0: at the end only).
+    #[arg(long)]
+    knn_every: Option<usize>,
+    /// Debug: no stop-gradient on the target branch (demonstrates collapse).
+    #[arg(long)]
+    debug_no_stop_grad: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Training steps measured per mode.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackboneArg {
+    Resnet18,
+    Resnet50,
+}
+
+impl Common {
+    fn overrides(&self) -> Vec<Override> {
+        let mut o: Vec<Override> = Vec::new();
+        let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+        if let Some(v) = &self.data {
+            o.push(("data.root", path(v).into()));
+        }
+        if let Some(v) = self.breeds {
+            o.push(("data.breeds", (v as u64).into()));
+        }
+        if let Some(v) = self.max_per_breed {
+            o.push(("data.max_per_breed", (v as u64).into()));
+        }
+        if let Some(v) = self.image_size {
+            o.push(("data.image_size", (v as u64).into()));
+        }
+        if let Some(v) = self.batch {
+            o.push(("optim.batch", (v as u64).into()));
+        }
+        if let Some(v) = self.backbone {
+            let b = match v {
+                BackboneArg::Resnet18 => Backbone::Resnet18,
+                BackboneArg::Resnet50 => Backbone::Resnet50,
+            };
+            o.push(("model.backbone", format!("{b:?}").to_lowercase().into()));
+        }
+        if let Some(v) = &self.device {
+            o.push(("run.device", v.clone().into()));
+        }
+        if let Some(v) = self.threads {
+            o.push(("run.threads", (v as u64).into()));
+        }
+        if let Some(v) = self.workers {
+            o.push(("data.workers", (v as u64).into()));
+        }
+        if let Some(v) = self.seed {
+            o.push(("run.seed", v.into()));
+        }
+        o
+    }
+}
+
+fn load_config(common: &Common, mut extra: Vec<Override>) -> Result<TrainConfig> {
+    let mut o = common.overrides();
+    o.append(&mut extra);
+    Ok(TrainConfig::load(common.config.as_deref(), o)?)
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Pretrain(a) => {
+            let mut extra: Vec<Override> = Vec::new();
+            if let Some(v) = a.epochs {
+                extra.push(("optim.epochs", (v as u64).into()));
+            }
+            if let Some(v) = &a.out {
+                extra.push(("run.out", v.to_string_lossy().into_owned().into()));
+            }
+            if let Some(v) = a.knn_every {
+                extra.push(("monitor.knn_every", (v as u64).into()));
+            }
+            if a.stop_on_collapse {
+                extra.push(("monitor.stop_on_collapse", true.into()));
+            }
+            if a.debug_no_stop_grad {
+                extra.push(("debug.no_stop_grad", true.into()));
+            }
+            let cfg = load_config(&a.common, extra)?;
+            let opts = pretrain::PretrainOptions {
+                resume: a.resume,
+                stop_after: a.stop_after,
+            };
+            let s = pretrain::pretrain(&cfg, &opts).context("pretraining failed")?;
+            println!(
+                "done: {} epochs, loss {:.4}, z std {:.4}, kNN top-1 {}, {:.1} img/s; outputs in {}",
+                s.epochs_done,
+                s.loss,
+                s.z_std,
+                s.knn_top1.map_or("n/a".into(), |k| format!("{:.2}%", k * 100.0)),
+                s.img_per_s,
+                s.out.display()
+            );
+        }
+        Command::Bench(a) => {
+            let cfg = load_config(&a.common, Vec::new())?;
+            let r = bench::run(&cfg, a.steps).context("benchmark failed")?;
+            println!(
+                "batch {} at {}px, {} steps, {} augmentation worker(s), {} torch threads",
+                r.batch, r.image_size, r.steps, r.workers, r.torch_threads
+            );
+            println!("decode (once per run):   {:8.1} img/s", r.decode_img_per_s);
+            println!(
+                "data pipeline alone:     {:8.1} img/s (2 views each)",
+                r.pipeline_img_per_s
+            );
+            println!("compute only:            {:8.1} img/s", r.compute_img_per_s);
+            println!(
+                "end to end:              {:8.1} img/s ({:.1}% of compute only)",
+                r.end_to_end_img_per_s,
+                r.end_to_end_ratio * 100.0
+            );
+            if let Some(path) = a.json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}

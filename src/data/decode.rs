@@ -1,0 +1,262 @@
+//! Robust image decoding: any JPEG/PNG a user brings becomes an upright RGB8 image or a typed
+//! error, never a panic or a runaway allocation.
+//!
+//! Real datasets are messy (Stanford Dogs has grayscale JPEGs and a 4-channel PNG named
+//! `.jpg`), and the server decodes untrusted uploads, so the format is guessed from content,
+//! the dimensions are checked before any pixel is decoded, and every colour type is
+//! converted to RGB8. Bulk decoding for training skips bad files instead of aborting a run.
+
+use super::{BBox, Sample};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+/// The pixel cap [`load_rgb`] applies: ~134 Mpx, far above any photo, well below the point
+/// where an RGBA16 decode buffer (8 bytes per pixel) would exhaust memory.
+pub const DEFAULT_MAX_PIXELS: u64 = 1 << 27;
+/// How many bad files the end-of-scan warning names before summarising.
+const MAX_LISTED: usize = 20;
+
+/// Why an image could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("cannot read {}: {source}", path.as_deref().map_or("image data".into(), |p| p.display().to_string()))]
+    Io {
+        path: Option<PathBuf>,
+        source: std::io::Error,
+    },
+    #[error("not a JPEG or PNG image")]
+    UnknownFormat,
+    #[error("image is {width}×{height}, more than the limit of {max_pixels} pixels")]
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+    #[error("corrupt image: {0}")]
+    Corrupt(String),
+}
+
+impl From<ImageError> for DecodeError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            // Decoding reads from memory, so an I/O error here means the data ended early.
+            ImageError::IoError(e) => DecodeError::Corrupt(format!("truncated data: {e}")),
+            ImageError::Unsupported(u)
+                if u.format_hint() == image::error::ImageFormatHint::Unknown =>
+            {
+                DecodeError::UnknownFormat
+            }
+            other => DecodeError::Corrupt(other.to_string()),
+        }
+    }
+}
+
+/// Decodes JPEG or PNG bytes to an upright RGB8 image.
+///
+/// The format comes from the content, not a file name. With `max_pixels`, the header's
+/// dimensions are checked before the pixel data is decoded, so a tiny file claiming
+/// 100000×100000 pixels is refused without allocating for it. EXIF orientation is applied,
+/// so phone photos come out the way their owner saw them.
+pub fn decode_bytes(bytes: &[u8], max_pixels: Option<u64>) -> Result<RgbImage, DecodeError> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|source| DecodeError::Io { path: None, source })?;
+    let format = reader.format().ok_or(DecodeError::UnknownFormat)?;
+    // The crate's default allocation limit would reject big images with an opaque message
+    // before we see their size; our own check below replaces it.
+    reader.no_limits();
+    let mut decoder = reader.into_decoder()?;
+    let (width, height) = decoder.dimensions();
+    if let Some(max_pixels) = max_pixels {
+        if u64::from(width) * u64::from(height) > max_pixels {
+            return Err(DecodeError::TooLarge {
+                width,
+                height,
+                max_pixels,
+            });
+        }
+    }
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(DecodeError::Corrupt(
+            "truncated JPEG: no end-of-image marker after the image data".into(),
+        ));
+    }
+    // A broken EXIF block must not cost the image: fall back to "as stored".
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder)?;
+    img.apply_orientation(orientation);
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// Whether the JPEG's marker structure reaches an end-of-image marker (FF D9).
+///
+/// The JPEG decoder fills a cut-off scan with grey and reports success, so an interrupted
+/// download would otherwise enter the training set as a half-grey image. The segments are
+/// walked by their lengths, so an EXIF thumbnail's own EOI (inside APP1) does not count and
+/// data appended after the real EOI (phones append motion-photo videos) is never looked at.
+fn jpeg_is_complete(b: &[u8]) -> bool {
+    let seg_len = |at: usize| {
+        Some(usize::from(u16::from_be_bytes([
+            *b.get(at)?,
+            *b.get(at + 1)?,
+        ])))
+    };
+    let mut pos = 2; // after SOI
+    loop {
+        // Tolerate stray bytes between segments, as decoders do: resync on the next 0xFF.
+        let Some(ff) = b
+            .get(pos..)
+            .and_then(|rest| rest.iter().position(|&x| x == 0xFF))
+        else {
+            return false;
+        };
+        pos += ff;
+        while b.get(pos) == Some(&0xFF) {
+            pos += 1; // fill bytes
+        }
+        let Some(&marker) = b.get(pos) else {
+            return false;
+        };
+        match marker {
+            0xD9 => return true,
+            0x00 | 0x01 | 0xD0..=0xD7 => pos += 1, // no length field
+            _ => {
+                let Some(len) = seg_len(pos + 1) else {
+                    return false;
+                };
+                pos += 1 + len;
+                if marker == 0xDA {
+                    // Entropy-coded data: 0xFF is followed by 0x00 (stuffing) or a restart
+                    // marker until the next real marker.
+                    loop {
+                        let Some(ff) = b.get(pos..).and_then(|r| r.iter().position(|&x| x == 0xFF))
+                        else {
+                            return false;
+                        };
+                        pos += ff;
+                        match b.get(pos + 1) {
+                            None => return false,
+                            Some(0x00 | 0xD0..=0xD7) => pos += 2,
+                            Some(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads a JPEG/PNG file to an upright RGB8 image, capped at [`DEFAULT_MAX_PIXELS`].
+pub fn load_rgb(path: &Path) -> Result<RgbImage, DecodeError> {
+    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
+        path: Some(path.to_path_buf()),
+        source,
+    })?;
+    decode_bytes(&bytes, Some(DEFAULT_MAX_PIXELS))
+}
+
+/// A file [`decode_samples`] left out, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// The images that decoded, in input order, with their labels and paths (parallel vectors).
+#[derive(Clone, Debug, Default)]
+pub struct DecodedImages {
+    pub images: Vec<RgbImage>,
+    pub labels: Vec<usize>,
+    pub paths: Vec<PathBuf>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Decodes every sample once, in parallel, into an in-memory cache.
+///
+/// Each image is cropped to its box (if any) and, with `shorter_side`, shrunk so that the
+/// cache holds training-size pixels rather than full photos. One bad file in twenty thousand
+/// must not end a training run, so failures are collected in `skipped` and reported in a
+/// single warning at the end; `what` names the scan in the progress bar and the warning.
+pub fn decode_samples(samples: &[Sample], shorter_side: Option<u32>, what: &str) -> DecodedImages {
+    let bar = ProgressBar::new(samples.len() as u64);
+    let style = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, ETA {eta})");
+    bar.set_style(style.unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_message(format!("decoding {what}"));
+    let results: Vec<Result<RgbImage, String>> = samples
+        .par_iter()
+        .map(|sample| {
+            let result = load_rgb(&sample.path)
+                .map_err(|e| e.to_string())
+                .map(|img| {
+                    let img = match sample.bbox {
+                        Some(b) => crop_to_box(&img, b),
+                        None => img,
+                    };
+                    match shorter_side {
+                        Some(side) => crate::preprocess::resize_shorter(&img, side),
+                        None => img,
+                    }
+                });
+            bar.inc(1);
+            result
+        })
+        .collect();
+    bar.finish_and_clear();
+
+    let mut out = DecodedImages::default();
+    for (sample, result) in samples.iter().zip(results) {
+        match result {
+            Ok(img) => {
+                out.images.push(img);
+                out.labels.push(sample.label);
+                out.paths.push(sample.path.clone());
+            }
+            Err(reason) => out.skipped.push(Skipped {
+                path: sample.path.clone(),
+                reason,
+            }),
+        }
+    }
+    if !out.skipped.is_empty() {
+        log::warn!("{}", skipped_summary(what, samples.len(), &out.skipped));
+    }
+    out
+}
+
+/// The one warning for a scan: counts, then up to [`MAX_LISTED`] files with reasons.
+fn skipped_summary(what: &str, total: usize, skipped: &[Skipped]) -> String {
+    let mut msg = format!(
+        "{what}: skipped {} of {total} images that could not be decoded:",
+        skipped.len()
+    );
+    for s in skipped.iter().take(MAX_LISTED) {
+        msg.push_str(&format!("\n  {}: {}", s.path.display(), s.reason));
+    }
+    if skipped.len() > MAX_LISTED {
+        msg.push_str(&format!("\n  … and {} more", skipped.len() - MAX_LISTED));
+    }
+    msg
+}
+
+/// Crops to `b` (end-exclusive, clamped to the image); a box with no area after clamping
+/// falls back to the whole image, because a wrong box should not cost the sample.
+pub fn crop_to_box(img: &RgbImage, b: BBox) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (x0, x1) = (b.xmin.min(w), b.xmax.min(w));
+    let (y0, y1) = (b.ymin.min(h), b.ymax.min(h));
+    if x1 <= x0 || y1 <= y0 {
+        return img.clone();
+    }
+    image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image()
+}
+
+#[cfg(test)]
+mod tests;

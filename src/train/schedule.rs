@@ -1,0 +1,31 @@
+//! Learning-rate schedule: optional linear warm-up, then cosine decay, per epoch.
+
+/// The lr of 0-based `epoch`: `peak × (e+1)/warmup` during warm-up, then
+/// `peak × ½(1 + cos(π·(e − warmup)/(epochs − warmup)))`, as the SimSiam reference
+/// (`adjust_learning_rate`) computes it.
+pub fn lr_at(peak: f64, epoch: usize, epochs: usize, warmup: usize) -> f64 {
+    if epoch < warmup {
+        return peak * (epoch + 1) as f64 / warmup as f64;
+    }
+    let progress = (epoch - warmup) as f64 / (epochs - warmup).max(1) as f64;
+    peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_without_and_with_warmup() {
+        assert_eq!(lr_at(0.05, 0, 30, 0), 0.05);
+        assert!((lr_at(0.05, 15, 30, 0) - 0.025).abs() < 1e-12);
+        assert!(lr_at(0.05, 29, 30, 0) < 0.0002);
+        assert!((lr_at(0.1, 0, 10, 2) - 0.05).abs() < 1e-12);
+        assert_eq!(lr_at(0.1, 2, 10, 2), 0.1);
+        let lrs: Vec<f64> = (2..10).map(|e| lr_at(0.1, e, 10, 2)).collect();
+        assert!(
+            lrs.windows(2).all(|w| w[1] < w[0]),
+            "decays monotonically: {lrs:?}"
+        );
+    }
+}

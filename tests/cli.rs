@@ -1,0 +1,259 @@
+//! End-to-end tests of the `trainer` binary on images the tests generate.
+//!
+//! One integration-test binary (as ripgrep does): each test runs the real executable in a
+//! temporary folder and checks what it writes.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+const TRAINER: &str = env!("CARGO_BIN_EXE_trainer");
+
+/// `classes` folders of `per_class` 48×40 JPEGs with class-specific stripes and per-image noise.
+fn image_folder(dir: &Path, classes: usize, per_class: usize) -> PathBuf {
+    let root = dir.join("images");
+    for c in 0..classes {
+        let class_dir = root.join(format!("class_{c}"));
+        std::fs::create_dir_all(&class_dir).expect("mkdir");
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(48, 40, |x, y| {
+                let stripe = match c % 3 {
+                    0 => (y / 4) % 2,
+                    1 => (x / 4) % 2,
+                    _ => ((x + y) / 5) % 2,
+                } as u8;
+                let noise = ((x * 31 + y * 17 + i as u32 * 97) % 23) as u8;
+                let mut px = [noise; 3];
+                px[c % 3] = px[c % 3].saturating_add(stripe * 200);
+                image::Rgb(px)
+            });
+            img.save(class_dir.join(format!("{i}.jpg")))
+                .expect("save jpeg");
+        }
+    }
+    root
+}
+
+/// Trainer runs use both cores; running them one at a time keeps each fast and avoids
+/// thrashing libtorch's OpenMP threads.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn trainer(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new(TRAINER);
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("SIMSIAM_OPTIM__EPOCHS");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run trainer")
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "trainer failed: {}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// Small, fast settings shared by the tests: 32 px, batch 8, ResNet-18, 2 threads.
+fn tiny(data: &Path, run: &Path) -> Vec<String> {
+    let s = |v: &str| v.to_string();
+    vec![
+        s("pretrain"),
+        s("--data"),
+        data.display().to_string(),
+        s("--out"),
+        run.display().to_string(),
+        s("--image-size"),
+        s("32"),
+        s("--batch"),
+        s("8"),
+        s("--threads"),
+        s("2"),
+        s("--knn-every"),
+        s("1"),
+    ]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn two_epoch_run_writes_every_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = image_folder(dir.path(), 3, 12);
+    let run = dir.path().join("run");
+    let mut a = tiny(&data, &run);
+    a.extend(["--epochs".into(), "2".into()]);
+    let stderr = ok(&trainer(&args(&a), &[]));
+    for f in [
+        "checkpoint-last.safetensors",
+        "checkpoint-last.optim.safetensors",
+        "checkpoint-last.json",
+        "checkpoint-best.safetensors",
+        "metrics.jsonl",
+        "training.png",
+        "config.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing; stderr:\n{stderr}");
+    }
+    let m = metrics(&run);
+    assert_eq!(m.len(), 2);
+    for (i, rec) in m.iter().enumerate() {
+        assert_eq!(rec["epoch"], i + 1);
+        assert!(rec["loss"].as_f64().expect("loss").is_finite());
+        let knn = rec["knn_top1"].as_f64().expect("knn every epoch");
+        assert!((0.0..=1.0).contains(&knn));
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(cfg["data"]["image_size"], 32);
+    assert_eq!(cfg["optim"]["epochs"], 2);
+    let png = image::open(run.join("training.png")).expect("valid png");
+    assert!(png.width() > 500);
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoint-last.json")).expect("meta"),
+    )
+    .expect("json");
+    assert_eq!(meta["epoch"], 2);
+    assert_eq!(meta["classes"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn resume_continues_the_schedule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = image_folder(dir.path(), 2, 12);
+    let (full, split) = (dir.path().join("full"), dir.path().join("split"));
+    let with = |run: &Path, extra: &[&str]| {
+        let mut a = tiny(&data, run);
+        a.extend(["--epochs", "3"].iter().chain(extra).map(|s| s.to_string()));
+        a
+    };
+    ok(&trainer(&args(&with(&full, &[])), &[]));
+    ok(&trainer(&args(&with(&split, &["--stop-after", "1"])), &[]));
+    assert_eq!(metrics(&split).len(), 1, "stopped after one epoch");
+    let stderr = ok(&trainer(&args(&with(&split, &["--resume"])), &[]));
+    assert!(stderr.contains("resuming after epoch 1"), "{stderr}");
+    let (a, b) = (metrics(&full), metrics(&split));
+    assert_eq!(b.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["epoch"], y["epoch"]);
+        assert_eq!(x["step"], y["step"], "step count continues");
+        assert_eq!(x["lr"], y["lr"], "lr follows the 3-epoch cosine schedule");
+        let (lx, ly) = (
+            x["loss"].as_f64().expect("loss"),
+            y["loss"].as_f64().expect("loss"),
+        );
+        assert!(
+            (lx - ly).abs() < 1e-3,
+            "resumed run diverged from the uninterrupted one: {lx} vs {ly}"
+        );
+    }
+}
+
+#[test]
+fn collapse_alarm_fires_without_stop_gradient() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = image_folder(dir.path(), 2, 12);
+    let run = dir.path().join("run");
+    let mut a = tiny(&data, &run);
+    a.extend(
+        [
+            "--epochs",
+            "10",
+            "--debug-no-stop-grad",
+            "--stop-on-collapse",
+        ]
+        .map(String::from),
+    );
+    let out = trainer(&args(&a), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a collapsing run must stop with an error"
+    );
+    assert!(stderr.contains("COLLAPSE ALARM"), "{stderr}");
+    assert!(stderr.contains("collapse"), "{stderr}");
+    let m = metrics(&run);
+    let last = m.last().expect("at least one epoch");
+    assert_eq!(last["collapse_alarm"], true);
+    assert!(m.len() < 10, "stopped early");
+}
+
+#[test]
+fn configuration_errors_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = image_folder(dir.path(), 2, 3);
+    let run = dir.path().join("run");
+    // No --batch flag here, so the environment's value is the one validated.
+    let a: Vec<String> = tiny(&data, &run)
+        .into_iter()
+        .filter(|s| s != "--batch" && s != "8")
+        .collect();
+    let out = trainer(&args(&a), &[("SIMSIAM_OPTIM__BATCH", "1")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("optim.batch"), "{stderr}");
+    let out = trainer(&args(&a), &[("SIMSIAM_OPTIM__EPOCHS", "0")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("optim.epochs"));
+    let out = trainer(
+        &["pretrain", "--data", "/nonexistent/dogs", "--epochs", "1"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dogs"));
+}
+
+#[test]
+fn bench_prints_all_three_throughputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = image_folder(dir.path(), 2, 10);
+    let json = dir.path().join("bench.json");
+    let out = trainer(
+        &[
+            "bench",
+            "--data",
+            data.to_str().expect("utf8"),
+            "--image-size",
+            "32",
+            "--batch",
+            "8",
+            "--threads",
+            "2",
+            "--steps",
+            "2",
+            "--json",
+            json.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in ["data pipeline alone", "compute only", "end to end"] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("json");
+    for key in [
+        "pipeline_img_per_s",
+        "compute_img_per_s",
+        "end_to_end_img_per_s",
+    ] {
+        assert!(r[key].as_f64().expect(key) > 0.0, "{key}");
+    }
+}
