@@ -150,6 +150,9 @@ pub struct MonitorConfig {
     pub knn_temperature: f64,
     /// Collapse alarm when std(l2-normalised z) falls below this fraction of 1/√d.
     pub collapse_ratio: f64,
+    /// Collapse alarm when the effective rank of a batch's normalised z falls below this
+    /// (all outputs moving along fewer than this many directions; 0 disables).
+    pub collapse_rank: f64,
     /// Stop training when the collapse alarm fires.
     pub stop_on_collapse: bool,
 }
@@ -161,6 +164,7 @@ impl Default for MonitorConfig {
             knn_k: 20,
             knn_temperature: 0.1,
             collapse_ratio: 0.3,
+            collapse_rank: 2.0,
             stop_on_collapse: false,
         }
     }
@@ -244,6 +248,18 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// This configuration (e.g. a run's, read from its checkpoint) with `overrides` applied
+    /// and validated again.
+    pub fn with_overrides(&self, overrides: Vec<Override>) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder().add_source(config::Config::try_from(self)?);
+        for (key, value) in overrides {
+            b = b.set_override(key, value)?;
+        }
+        let cfg: TrainConfig = b.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Checks ranges that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key, message: &str| {
@@ -311,6 +327,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.monitor.collapse_ratio) {
             return bad("monitor.collapse_ratio", "must be in [0, 1)");
+        }
+        if self.monitor.collapse_rank < 0.0 {
+            return bad("monitor.collapse_rank", "must not be negative");
         }
         Ok(())
     }

@@ -18,6 +18,8 @@ pub mod knn;
 pub mod metrics;
 pub mod plot;
 pub mod preprocess;
+pub mod probe;
+pub mod report;
 
 #[cfg(feature = "train")]
 pub mod train;

@@ -19,6 +19,9 @@ pub struct EpochMetrics {
     pub z_std: f64,
     /// 1/√d, the std of a healthy (uniformly spread) output.
     pub z_std_healthy: f64,
+    /// Effective rank of the batch's normalised outputs (collapse shows as a fall to 1).
+    #[serde(default)]
+    pub z_rank: f64,
     pub lr: f64,
     /// Training images per second over the epoch (each image gives two views).
     pub img_per_s: f64,
@@ -127,6 +130,7 @@ mod tests {
             loss: -0.5,
             z_std: 0.02,
             z_std_healthy: 0.022,
+            z_rank: 30.0,
             lr: 0.05,
             img_per_s: 30.0,
             epoch_seconds: 1.0,

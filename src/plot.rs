@@ -17,7 +17,7 @@ pub struct PlotError {
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+pub(crate) fn register_font() {
     FONT.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
         // Only fails on an unparsable font, which the bundled one is not.
@@ -137,6 +137,7 @@ mod tests {
                 loss: -0.1 * e as f64,
                 z_std: 0.02,
                 z_std_healthy: 0.0221,
+                z_rank: 30.0,
                 lr: 0.05,
                 img_per_s: 30.0,
                 epoch_seconds: 2.0,

@@ -93,7 +93,7 @@ fn args(v: &[String]) -> Vec<&str> {
 }
 
 #[test]
-fn two_epoch_run_writes_every_output() {
+fn two_epoch_run_writes_every_output_and_evaluates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = image_folder(dir.path(), 3, 12);
     let run = dir.path().join("run");
@@ -132,6 +132,38 @@ fn two_epoch_run_writes_every_output() {
     .expect("json");
     assert_eq!(meta["epoch"], 2);
     assert_eq!(meta["classes"].as_array().map(Vec::len), Some(3));
+
+    // Evaluation of that run: report files, every key, and a feature cache on the second call.
+    let run_s = run.to_str().expect("utf8");
+    let stderr = ok(&trainer(&["eval", "--run", run_s, "--threads", "2"], &[]));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).expect("eval.json"))
+            .expect("json");
+    for key in ["knn_top1", "knn_top5", "probe_top1", "probe_top5"] {
+        for v in [&report[key], &report["random_init"][key]] {
+            let v = v
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing: {report}"));
+            assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+        }
+    }
+    assert_eq!(report["per_class"].as_array().map(Vec::len), Some(3));
+    for f in ["eval.md", "confusion.png", "knn_curve.png", "probe.json"] {
+        assert!(run.join(f).is_file(), "{f} missing; stderr:\n{stderr}");
+    }
+    let probe: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("probe.json")).expect("probe"))
+            .expect("json");
+    assert_eq!(probe["classes"].as_array().map(Vec::len), Some(3));
+    assert!(
+        !stderr.contains("features: cached"),
+        "first evaluation embeds the images"
+    );
+    let stderr = ok(&trainer(&["eval", "--run", run_s, "--threads", "2"], &[]));
+    assert!(
+        stderr.contains("trained features: cached") && stderr.contains("random features: cached"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -168,31 +200,51 @@ fn resume_continues_the_schedule() {
 
 #[test]
 fn collapse_alarm_fires_without_stop_gradient() {
+    // A small projector and a high lr make the ablation collapse within a few dozen steps.
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = image_folder(dir.path(), 2, 12);
-    let run = dir.path().join("run");
-    let mut a = tiny(&data, &run);
-    a.extend(
-        [
-            "--epochs",
-            "10",
-            "--debug-no-stop-grad",
-            "--stop-on-collapse",
-        ]
-        .map(String::from),
-    );
-    let out = trainer(&args(&a), &[]);
+    let data = image_folder(dir.path(), 2, 30);
+    let fast = [
+        ("SIMSIAM_OPTIM__BASE_LR", "8"),
+        ("SIMSIAM_MODEL__PROJ_DIM", "128"),
+        ("SIMSIAM_MODEL__PRED_HIDDEN", "32"),
+    ];
+    let run_with = |run: &Path, extra: &[&str]| {
+        let mut a: Vec<String> = tiny(&data, run)
+            .into_iter()
+            .map(|s| if s == "8" { "16".into() } else { s })
+            .collect();
+        a.extend(
+            ["--epochs", "20", "--stop-on-collapse"]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string()),
+        );
+        trainer(&args(&a), &fast)
+    };
+    let run = dir.path().join("ablation");
+    let out = run_with(&run, &["--debug-no-stop-grad"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
-        "a collapsing run must stop with an error"
+        "a collapsing run must stop with an error:\n{stderr}"
     );
-    assert!(stderr.contains("COLLAPSE ALARM"), "{stderr}");
-    assert!(stderr.contains("collapse"), "{stderr}");
+    assert!(
+        stderr.contains("COLLAPSE ALARM") && stderr.contains("representation collapse"),
+        "{stderr}"
+    );
     let m = metrics(&run);
-    let last = m.last().expect("at least one epoch");
-    assert_eq!(last["collapse_alarm"], true);
-    assert!(m.len() < 10, "stopped early");
+    assert_eq!(m.last().expect("an epoch")["collapse_alarm"], true);
+    assert!(m.len() < 20, "stopped early");
+    assert!(
+        m.last().expect("an epoch")["loss"].as_f64().expect("loss") < -0.5,
+        "the ablation drives the loss towards -1"
+    );
+
+    // The same run with stop-gradient trains on without an alarm.
+    let run = dir.path().join("simsiam");
+    let stderr = ok(&run_with(&run, &[]));
+    assert!(!stderr.contains("COLLAPSE ALARM"), "{stderr}");
+    assert!(metrics(&run).iter().all(|m| m["collapse_alarm"] == false));
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use simsiam::config::{Backbone, Override, TrainConfig};
-use simsiam::train::{bench, pretrain};
+use simsiam::train::{bench, checkpoint, eval, pretrain};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Pretrain an encoder with SimSiam; writes checkpoints, metrics.jsonl and training.png.
     Pretrain(PretrainArgs),
+    /// Evaluate a run's frozen features: kNN and linear probe, beside a random encoder.
+    Eval(EvalArgs),
     /// Print images/s for the data pipeline, compute-only steps, and end to end.
     Bench(BenchArgs),
 }
@@ -87,6 +89,29 @@ struct PretrainArgs {
     /// Debug: no stop-gradient on the target branch (demonstrates collapse).
     #[arg(long)]
     debug_no_stop_grad: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Run directory written by `trainer pretrain`.
+    #[arg(long)]
+    run: PathBuf,
+    /// Checkpoint to evaluate: last or best.
+    #[arg(long, default_value = "last")]
+    checkpoint: String,
+    /// Dataset root (default: the run's).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    breeds: Option<usize>,
+    #[arg(long)]
+    max_per_breed: Option<usize>,
+    #[arg(long)]
+    image_size: Option<u32>,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Args)]
@@ -190,6 +215,55 @@ fn main() -> Result<()> {
                 s.img_per_s,
                 s.out.display()
             );
+        }
+        Command::Eval(a) => {
+            let tag = match a.checkpoint.as_str() {
+                "last" => checkpoint::LAST,
+                "best" => checkpoint::BEST,
+                other => anyhow::bail!("--checkpoint must be last or best, not {other:?}"),
+            };
+            let meta = checkpoint::read_meta(&a.run, tag).with_context(|| {
+                format!("{} is not a pretraining run directory", a.run.display())
+            })?;
+            let common = Common {
+                data: a.data,
+                config: None,
+                breeds: a.breeds,
+                max_per_breed: a.max_per_breed,
+                image_size: a.image_size,
+                batch: None,
+                backbone: None,
+                device: a.device,
+                threads: a.threads,
+                workers: None,
+                seed: None,
+            };
+            let cfg = meta.config.with_overrides(common.overrides())?;
+            let r = eval::evaluate(&a.run, tag, &cfg).context("evaluation failed")?;
+            let pct = |v: f64| format!("{:5.1}%", v * 100.0);
+            println!("{:<18} {:>8} {:>12}", "", "trained", "random init");
+            for (name, ours, base) in [
+                ("kNN k=20 top-1", r.trained.knn_top1, r.random_init.knn_top1),
+                ("kNN k=20 top-5", r.trained.knn_top5, r.random_init.knn_top5),
+                (
+                    "kNN k=200 top-1",
+                    r.trained.knn200_top1,
+                    r.random_init.knn200_top1,
+                ),
+                (
+                    "probe top-1",
+                    r.trained.probe_top1,
+                    r.random_init.probe_top1,
+                ),
+                (
+                    "probe top-5",
+                    r.trained.probe_top5,
+                    r.random_init.probe_top5,
+                ),
+            ] {
+                println!("{name:<18} {:>8} {:>12}", pct(ours), pct(base));
+            }
+            println!("report: {}", a.run.join("eval.md").display());
         }
         Command::Bench(a) => {
             let cfg = load_config(&a.common, Vec::new())?;

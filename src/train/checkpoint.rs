@@ -56,7 +56,15 @@ pub fn save(
     // the format from it.
     let tmp_weights = dir.join(format!("{tag}.tmp.safetensors"));
     let tmp_optim = dir.join(format!("{tag}.optim.tmp.safetensors"));
-    session.vs.save(&tmp_weights)?;
+    // Contiguous copies: channels-last weights have NHWC strides, which safetensors cannot store.
+    let mut vars: Vec<(String, tch::Tensor)> = session
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.contiguous()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::Tensor::write_safetensors(&vars, &tmp_weights)?;
     session.opt.save(&tmp_optim)?;
     let text = serde_json::to_string_pretty(meta).map_err(|e| TrainError::Checkpoint {
         path: json.clone(),

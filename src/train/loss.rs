@@ -33,6 +33,29 @@ pub fn output_std(z: &Tensor) -> f64 {
     })
 }
 
+/// Effective rank of the batch's l2-normalised, centred outputs: `exp(entropy)` of their
+/// normalised covariance spectrum (Roy & Vetterli, 2007), between 1 and `min(batch − 1, d)`.
+///
+/// Why a second collapse signal: the projector's last BN keeps every channel's batch
+/// variance at 1 in training mode, so an encoder that collapses often keeps
+/// [`output_std`] near a constant fraction of 1/√d while all channels move together.
+/// That shows up here as a rank falling towards 1.
+pub fn effective_rank(z: &Tensor) -> f64 {
+    tch::no_grad(|| {
+        let z = z.to_kind(Kind::Double);
+        let z = &z / z.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+        let centred = &z - z.mean_dim(Some([0i64].as_slice()), true, Kind::Double);
+        let gram = centred.matmul(&centred.transpose(0, 1));
+        let eig = gram.linalg_eigvalsh("L").clamp_min(0.0);
+        let total = eig.sum(Kind::Double).double_value(&[]);
+        if total <= 0.0 {
+            return 1.0;
+        }
+        let p = (eig / total).clamp_min(1e-300);
+        (-(&p * p.log()).sum(Kind::Double)).exp().double_value(&[])
+    })
+}
+
 /// The healthy level of [`output_std`] for output dimension `d`.
 pub fn healthy_std(d: i64) -> f64 {
     1.0 / (d as f64).sqrt()
@@ -100,7 +123,17 @@ mod tests {
             (healthy / healthy_std(64) - 1.0).abs() < 0.1,
             "random outputs: {healthy}"
         );
-        let collapsed = Tensor::ones([512, 64], (Kind::Float, Device::Cpu)) + z * 1e-4;
+        let collapsed = Tensor::ones([512, 64], (Kind::Float, Device::Cpu)) + &z * 1e-4;
         assert!(output_std(&collapsed) < 0.01 * healthy_std(64));
+        let full = effective_rank(&z);
+        assert!(
+            full > 40.0 && full <= 64.0,
+            "random outputs use most dimensions: {full}"
+        );
+        // Rank-1 outputs: every sample is ±u. BN would keep such outputs' std high.
+        let signs = Tensor::randn([512, 1], (Kind::Float, Device::Cpu)).sign();
+        let rank1 = signs * Tensor::randn([1, 64], (Kind::Float, Device::Cpu));
+        assert!(output_std(&rank1) > 0.5 * healthy_std(64));
+        assert!(effective_rank(&rank1) < 1.01, "{}", effective_rank(&rank1));
     }
 }

@@ -2,10 +2,12 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod eval;
 pub mod loader;
 pub mod loss;
 pub mod model;
 pub mod pretrain;
+pub mod probe_fit;
 pub mod schedule;
 pub mod session;
 pub mod sgd;

@@ -200,13 +200,14 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
         );
         let bar = epoch_bar(epoch, epochs, loader.len());
         let started = Instant::now();
-        let (mut loss_sum, mut std_sum, mut n) = (0.0, 0.0, 0usize);
+        let (mut loss_sum, mut std_sum, mut rank_sum, mut n) = (0.0, 0.0, 0.0, 0usize);
         for b in loader {
             let s = session.step(&b, lr, predictor_lr);
             step += 1;
             n += 1;
             loss_sum += s.loss;
             std_sum += s.z_std;
+            rank_sum += s.z_rank;
             let rate = (n * batch) as f64 / started.elapsed().as_secs_f64();
             bar.set_message(format!(
                 "loss {:.4} std {:.4} {:.1} img/s",
@@ -218,10 +219,16 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
         }
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
-        let (loss, z_std) = (loss_sum / n.max(1) as f64, std_sum / n.max(1) as f64);
-        let collapse_alarm = z_std.is_nan() || z_std < threshold;
+        let per = |sum: f64| sum / n.max(1) as f64;
+        let (loss, z_std, z_rank) = (per(loss_sum), per(std_sum), per(rank_sum));
+        let collapse_alarm =
+            z_std.is_nan() || z_std < threshold || z_rank < cfg.monitor.collapse_rank;
         if collapse_alarm {
-            log::warn!("COLLAPSE ALARM epoch {}: std of l2-normalised z is {z_std:.5}, below {threshold:.5} ({:.0}% of the healthy 1/sqrt(d) = {healthy:.5}); loss {loss:.4}", epoch + 1, cfg.monitor.collapse_ratio * 100.0);
+            log::warn!(
+                "COLLAPSE ALARM epoch {}: std of l2-normalised z {z_std:.5} (alarm below {threshold:.5}, healthy 1/sqrt(d) = {healthy:.5}), effective rank {z_rank:.2} (alarm below {:.2}), loss {loss:.4}",
+                epoch + 1,
+                cfg.monitor.collapse_rank
+            );
         }
         let stopping = collapse_alarm && cfg.monitor.stop_on_collapse;
         let knn_due = (cfg.monitor.knn_every > 0 && (epoch + 1) % cfg.monitor.knn_every == 0)
@@ -238,6 +245,7 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
             loss,
             z_std,
             z_std_healthy: healthy,
+            z_rank,
             lr,
             img_per_s: (n * batch) as f64 / seconds,
             epoch_seconds: seconds,
@@ -245,7 +253,7 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
             collapse_alarm,
         };
         log::info!(
-            "epoch {}/{epochs}: loss {loss:.4}, z std {z_std:.4} (healthy {healthy:.4}), lr {lr:.4}, {:.1} img/s{}",
+            "epoch {}/{epochs}: loss {loss:.4}, z std {z_std:.4} (healthy {healthy:.4}), z rank {z_rank:.1}, lr {lr:.4}, {:.1} img/s{}",
             epoch + 1,
             m.img_per_s,
             knn_top1.map(|k| format!(", kNN top-1 {:.2}%", k * 100.0)).unwrap_or_default()

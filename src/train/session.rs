@@ -2,7 +2,7 @@
 //! extraction, shared by pretraining, evaluation and the benchmarks.
 
 use super::loader::ViewBatch;
-use super::loss::{output_std, simsiam_loss};
+use super::loss::{effective_rank, output_std, simsiam_loss};
 use super::model::SimSiam;
 use super::sgd::Sgd;
 use super::TrainError;
@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 pub struct StepStats {
     pub loss: f64,
     pub z_std: f64,
+    pub z_rank: f64,
 }
 
 pub struct Session {
@@ -98,6 +99,7 @@ impl Session {
         StepStats {
             loss: loss.double_value(&[]),
             z_std: output_std(&v.z1),
+            z_rank: effective_rank(&v.z1),
         }
     }
 

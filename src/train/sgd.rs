@@ -72,10 +72,12 @@ impl Sgd {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), tch::TchError> {
-        let named: Vec<(&str, &Tensor)> = self
+        // Contiguous copies: the momentum of channels-last weights has NHWC strides, which
+        // safetensors cannot store.
+        let named: Vec<(&str, Tensor)> = self
             .params
             .iter()
-            .map(|p| (p.name.as_str(), &p.momentum))
+            .map(|p| (p.name.as_str(), p.momentum.contiguous()))
             .collect();
         Tensor::write_safetensors(&named, path)
     }
