@@ -334,6 +334,26 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The dataset selection of this configuration.
+    pub fn dataset_options(&self) -> crate::data::DatasetOptions {
+        crate::data::DatasetOptions {
+            breeds: self.data.breeds,
+            max_per_breed: self.data.max_per_breed,
+            bbox_crop: self.data.bbox_crop,
+            test_fraction: self.data.test_fraction,
+            seed: self.run.seed,
+        }
+    }
+
+    /// Augmentation worker threads: `data.workers`, or half the cores (at least one),
+    /// leaving the rest to libtorch.
+    pub fn augment_workers(&self) -> usize {
+        match self.data.workers {
+            0 => (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
+            n => n,
+        }
+    }
+
     /// The side at which images are cached and from which views are cropped.
     pub fn cache_side(&self) -> u32 {
         match self.data.resize {

@@ -12,14 +12,17 @@
 //! ```
 
 pub mod augment;
+pub mod bundle;
 pub mod config;
 pub mod data;
 pub mod knn;
 pub mod metrics;
+pub mod onnx;
 pub mod plot;
 pub mod preprocess;
 pub mod probe;
 pub mod report;
+pub mod runtime;
 
 #[cfg(feature = "train")]
 pub mod train;

@@ -215,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_model_and_bad_input_are_errors_not_panics() {
+    fn a_bad_model_is_an_error_not_a_panic() {
         init().unwrap_or_else(|e| panic!("ONNX Runtime is required: {e}"));
         let err = cpu_session(b"not an onnx model", 1).unwrap_err();
         assert!(matches!(err, RuntimeError::Ort(_)), "{err}");

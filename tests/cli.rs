@@ -93,7 +93,7 @@ fn args(v: &[String]) -> Vec<&str> {
 }
 
 #[test]
-fn two_epoch_run_writes_every_output_and_evaluates() {
+fn two_epoch_run_evaluates_exports_and_builds_a_gallery() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = image_folder(dir.path(), 3, 12);
     let run = dir.path().join("run");
@@ -164,6 +164,68 @@ fn two_epoch_run_writes_every_output_and_evaluates() {
         stderr.contains("trained features: cached") && stderr.contains("random features: cached"),
         "{stderr}"
     );
+
+    // Export: ONNX parity with tch within 1e-4 on real preprocessed images (batches 1 and 7).
+    let bundle_dir = dir.path().join("bundle");
+    let b = bundle_dir.to_str().expect("utf8");
+    ok(&trainer(&["export", "--run", run_s, "--out", b], &[]));
+    let bundle = simsiam::bundle::Bundle::open(&bundle_dir).expect("a valid bundle");
+    let m = &bundle.manifest;
+    assert!(
+        m.onnx.parity_max_abs_diff <= 1e-4,
+        "parity {}",
+        m.onnx.parity_max_abs_diff
+    );
+    assert_eq!(
+        (m.onnx.opset, m.onnx.ir_version, m.embedding.dim),
+        (17, 8, 512)
+    );
+    assert_eq!(m.classes.len(), 3);
+    assert_eq!(m.input.size, 32);
+    assert!(m.training.probe_top1.is_some() && m.training.knn_top1.is_some());
+
+    // Gallery: every image embedded through ONNX Runtime, stored, verified on load.
+    ok(&trainer(
+        &[
+            "gallery",
+            "--model",
+            b,
+            "--data",
+            data.to_str().expect("utf8"),
+            "--split",
+            "all",
+        ],
+        &[],
+    ));
+    let bundle = simsiam::bundle::Bundle::open(&bundle_dir).expect("valid after gallery");
+    let g = bundle.gallery().expect("readable").expect("present");
+    assert_eq!(g.meta.ids.len(), 36);
+    assert_eq!(g.vectors.len(), 36 * 512);
+    let norm: f32 = g.vectors[..512].iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!(
+        (norm - 1.0).abs() < 1e-4,
+        "embeddings are l2-normalised: {norm}"
+    );
+
+    // A tampered file is refused, by name.
+    let onnx = bundle_dir.join("encoder.onnx");
+    let mut bytes = std::fs::read(&onnx).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&onnx, bytes).expect("tamper");
+    let out = trainer(
+        &[
+            "gallery",
+            "--model",
+            b,
+            "--data",
+            data.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("encoder.onnx"), "{stderr}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use simsiam::config::{Backbone, Override, TrainConfig};
-use simsiam::train::{bench, checkpoint, eval, pretrain};
+use simsiam::train::{bench, checkpoint, eval, export, pretrain};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -26,6 +26,10 @@ enum Command {
     Pretrain(PretrainArgs),
     /// Evaluate a run's frozen features: kNN and linear probe, beside a random encoder.
     Eval(EvalArgs),
+    /// Export a run's encoder to ONNX, with its probe, as a bundle the server loads.
+    Export(ExportArgs),
+    /// Embed a dataset through a bundle's ONNX encoder and store it as the bundle's gallery.
+    Gallery(GalleryArgs),
     /// Print images/s for the data pipeline, compute-only steps, and end to end.
     Bench(BenchArgs),
 }
@@ -115,6 +119,54 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct ExportArgs {
+    /// Run directory (after `trainer eval`, which fits the probe).
+    #[arg(long)]
+    run: PathBuf,
+    /// Bundle directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "last")]
+    checkpoint: String,
+    /// Model name in the manifest (default: the run directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "1.0.0")]
+    model_version: String,
+    /// Store convolution weights as float16 (half the file size).
+    #[arg(long)]
+    fp16: bool,
+    /// Dataset root for the parity images (default: the run's).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GalleryArgs {
+    /// Bundle directory written by `trainer export`.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value = "train")]
+    split: SplitArg,
+    #[arg(long)]
+    breeds: Option<usize>,
+    #[arg(long)]
+    max_per_breed: Option<usize>,
+    /// ONNX Runtime intra-op threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Train,
+    Test,
+    All,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     #[command(flatten)]
     common: Common,
@@ -180,6 +232,14 @@ fn load_config(common: &Common, mut extra: Vec<Override>) -> Result<TrainConfig>
     Ok(TrainConfig::load(common.config.as_deref(), o)?)
 }
 
+fn checkpoint_tag(name: &str) -> Result<&'static str> {
+    match name {
+        "last" => Ok(checkpoint::LAST),
+        "best" => Ok(checkpoint::BEST),
+        other => anyhow::bail!("--checkpoint must be last or best, not {other:?}"),
+    }
+}
+
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
@@ -217,11 +277,7 @@ fn main() -> Result<()> {
             );
         }
         Command::Eval(a) => {
-            let tag = match a.checkpoint.as_str() {
-                "last" => checkpoint::LAST,
-                "best" => checkpoint::BEST,
-                other => anyhow::bail!("--checkpoint must be last or best, not {other:?}"),
-            };
+            let tag = checkpoint_tag(&a.checkpoint)?;
             let meta = checkpoint::read_meta(&a.run, tag).with_context(|| {
                 format!("{} is not a pretraining run directory", a.run.display())
             })?;
@@ -264,6 +320,52 @@ fn main() -> Result<()> {
                 println!("{name:<18} {:>8} {:>12}", pct(ours), pct(base));
             }
             println!("report: {}", a.run.join("eval.md").display());
+        }
+        Command::Export(a) => {
+            let tag = checkpoint_tag(&a.checkpoint)?;
+            let meta = checkpoint::read_meta(&a.run, tag).with_context(|| {
+                format!("{} is not a pretraining run directory", a.run.display())
+            })?;
+            let mut o: Vec<Override> = Vec::new();
+            if let Some(d) = &a.data {
+                o.push(("data.root", d.to_string_lossy().into_owned().into()));
+            }
+            let cfg = meta.config.with_overrides(o)?;
+            let opts = export::ExportOptions {
+                tag: tag.to_string(),
+                name: a.name.unwrap_or_else(|| export::default_name(&a.run)),
+                version: a.model_version,
+                fp16: a.fp16,
+            };
+            let m = export::export(&a.run, &a.out, &cfg, &opts).context("export failed")?;
+            let size = m.files.get(simsiam::bundle::ENCODER).map_or(0, |f| f.bytes);
+            println!(
+                "bundle {}: encoder.onnx {:.1} MB, {} nodes, opset {}, parity max |diff| {:.2e}",
+                a.out.display(),
+                size as f64 / 1e6,
+                m.onnx.nodes,
+                m.onnx.opset,
+                m.onnx.parity_max_abs_diff
+            );
+        }
+        Command::Gallery(a) => {
+            let split = match a.split {
+                SplitArg::Train => export::Split::Train,
+                SplitArg::Test => export::Split::Test,
+                SplitArg::All => export::Split::All,
+            };
+            let opts = simsiam::data::DatasetOptions {
+                breeds: a.breeds,
+                max_per_breed: a.max_per_breed,
+                ..Default::default()
+            };
+            let (n, secs) = export::gallery(&a.model, &a.data, split, &opts, a.threads)
+                .context("gallery failed")?;
+            println!(
+                "gallery: {n} images embedded in {secs:.1} s ({:.1} img/s), stored in {}",
+                n as f64 / secs,
+                a.model.display()
+            );
         }
         Command::Bench(a) => {
             let cfg = load_config(&a.common, Vec::new())?;

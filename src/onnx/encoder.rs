@@ -8,6 +8,7 @@
 
 use super::builder::{attr_int, attr_ints, Dim, GraphBuilder, ModelMeta};
 use super::builder::{IR_VERSION, OPSET_VERSION};
+use super::resnet::{fold_batch_norm, layout, ConvBn};
 use super::OnnxError;
 use crate::config::Backbone;
 use prost::Message;
@@ -69,160 +70,6 @@ pub struct ExportInfo {
     pub parameters: usize,
 }
 
-/// A convolution without bias followed by batch norm, as in the trained model.
-#[derive(Clone, Debug)]
-pub(crate) struct ConvBn {
-    pub conv: String,
-    pub bn: String,
-    pub cin: i64,
-    pub cout: i64,
-    pub k: i64,
-    pub stride: i64,
-}
-
-impl ConvBn {
-    fn new(conv: String, bn: String, (cin, cout, k, stride): (i64, i64, i64, i64)) -> Self {
-        Self {
-            conv,
-            bn,
-            cin,
-            cout,
-            k,
-            stride,
-        }
-    }
-
-    /// The variables this unit reads, with their shapes.
-    fn variables(&self) -> Vec<(String, Vec<i64>)> {
-        let mut v = vec![(
-            format!("{}.weight", self.conv),
-            vec![self.cout, self.cin, self.k, self.k],
-        )];
-        for p in ["weight", "bias", "running_mean", "running_var"] {
-            v.push((format!("{}.{p}", self.bn), vec![self.cout]));
-        }
-        v
-    }
-}
-
-struct Block {
-    name: String,
-    convs: Vec<ConvBn>,
-    downsample: Option<ConvBn>,
-}
-
-struct Layout {
-    stem: ConvBn,
-    max_pool: bool,
-    blocks: Vec<Block>,
-    feature_dim: i64,
-}
-
-/// The backbone's units in forward order; the single description both the exporter and
-/// [`encoder_variables`] walk, kept in step with `ResNet::new` in `src/train/model.rs`.
-fn layout(backbone: Backbone, small_stem: bool) -> Layout {
-    let stem_shape = if small_stem { (3, 64, 3, 1) } else { (3, 64, 7, 2) };
-    let stem = ConvBn::new("conv1".into(), "bn1".into(), stem_shape);
-    let (depths, bottleneck): (&[usize], bool) = match backbone {
-        Backbone::Resnet18 => (&[2, 2, 2, 2], false),
-        Backbone::Resnet50 => (&[3, 4, 6, 3], true),
-    };
-    let mut cin = 64;
-    let mut blocks = Vec::new();
-    for (i, &depth) in depths.iter().enumerate() {
-        let width = 64 << i;
-        for b in 0..depth {
-            let name = format!("layer{}.{b}", i + 1);
-            let stride = if b == 0 && i > 0 { 2 } else { 1 };
-            let unit = |idx: usize, shape| {
-                ConvBn::new(format!("{name}.conv{idx}"), format!("{name}.bn{idx}"), shape)
-            };
-            let (convs, cout) = if bottleneck {
-                let units = vec![
-                    unit(1, (cin, width, 1, 1)),
-                    unit(2, (width, width, 3, stride)),
-                    unit(3, (width, width * 4, 1, 1)),
-                ];
-                (units, width * 4)
-            } else {
-                let units = vec![unit(1, (cin, width, 3, stride)), unit(2, (width, width, 3, 1))];
-                (units, width)
-            };
-            let downsample = (stride != 1 || cin != cout).then(|| {
-                ConvBn::new(
-                    format!("{name}.downsample.conv"),
-                    format!("{name}.downsample.bn"),
-                    (cin, cout, 1, stride),
-                )
-            });
-            blocks.push(Block {
-                name,
-                convs,
-                downsample,
-            });
-            cin = cout;
-        }
-    }
-    Layout {
-        stem,
-        max_pool: !small_stem,
-        blocks,
-        feature_dim: cin,
-    }
-}
-
-/// Embedding width of a backbone: 512 (ResNet-18) or 2048 (ResNet-50).
-pub fn feature_dim(backbone: Backbone) -> usize {
-    layout(backbone, false).feature_dim as usize
-}
-
-/// Every variable [`export_encoder`] reads, with its expected shape, names without the
-/// `backbone.` prefix. Lets a caller check a checkpoint before exporting.
-pub fn encoder_variables(backbone: Backbone, small_stem: bool) -> Vec<(String, Vec<i64>)> {
-    let lay = layout(backbone, small_stem);
-    let mut units = vec![&lay.stem];
-    for b in &lay.blocks {
-        units.extend(b.convs.iter().chain(b.downsample.as_ref()));
-    }
-    units.iter().flat_map(|u| u.variables()).collect()
-}
-
-/// Folds inference-mode batch norm into the convolution before it:
-/// `W' = W·γ/√(var+eps)` per output channel and `b' = β − μ·γ/√(var+eps)`.
-/// Computed in f64 so folding adds no error beyond the final rounding to f32.
-/// Returns the channel whose result is not finite (e.g. `var + eps ≤ 0`) as the error.
-pub fn fold_batch_norm(
-    w: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    mean: &[f32],
-    var: &[f32],
-    eps: f64,
-) -> Result<(Vec<f32>, Vec<f32>), usize> {
-    let cout = gamma.len();
-    let per_channel = w.len() / cout.max(1);
-    let mut wf = Vec::with_capacity(w.len());
-    let mut bias = Vec::with_capacity(cout);
-    for c in 0..cout {
-        let denom = f64::from(var[c]) + eps;
-        let scale = f64::from(gamma[c]) / denom.sqrt();
-        let b = f64::from(beta[c]) - f64::from(mean[c]) * scale;
-        if denom <= 0.0 || !scale.is_finite() || !(b as f32).is_finite() {
-            return Err(c);
-        }
-        bias.push(b as f32);
-        let row = &w[c * per_channel..(c + 1) * per_channel];
-        for &x in row {
-            let v = (f64::from(x) * scale) as f32;
-            if !v.is_finite() {
-                return Err(c);
-            }
-            wf.push(v);
-        }
-    }
-    Ok((wf, bias))
-}
-
 /// The weight lookup of [`export_encoder`]: name → (shape, row-major values).
 pub type WeightFn<'w> = &'w dyn Fn(&str) -> Option<(Vec<i64>, Vec<f32>)>;
 
@@ -272,23 +119,34 @@ impl<'w> Exporter<'w> {
         let wshape = [c.cout, c.cin, c.k, c.k];
         let w = self.fetch(&format!("{}.weight", c.conv), &wshape)?;
         let bn = |p: &str| self.fetch(&format!("{}.{p}", c.bn), &[c.cout]);
-        let (gamma, beta, mean, var) = (bn("weight")?, bn("bias")?, bn("running_mean")?, bn("running_var")?);
-        let (wf, bias) = fold_batch_norm(&w, &gamma, &beta, &mean, &var, self.eps).map_err(
-            |channel| OnnxError::NonFinite {
-                name: c.bn.clone(),
-                channel,
-            },
-        )?;
+        let (gamma, beta, mean, var) = (
+            bn("weight")?,
+            bn("bias")?,
+            bn("running_mean")?,
+            bn("running_var")?,
+        );
+        let (wf, bias) =
+            fold_batch_norm(&w, &gamma, &beta, &mean, &var, self.eps).map_err(|channel| {
+                OnnxError::NonFinite {
+                    name: c.bn.clone(),
+                    channel,
+                }
+            })?;
         self.parameters += wf.len() + bias.len();
         let wname = format!("{}.weight", c.conv);
         let w_in = if self.fp16 {
-            let half = self.g.initializer_f16(&format!("{wname}_fp16"), &wshape, &wf)?;
+            let half = self
+                .g
+                .initializer_f16(&format!("{wname}_fp16"), &wshape, &wf)?;
             // Cast's output is named like the float weight, so the Conv reads the same name.
-            self.g.node("Cast", &wname, &[&half], vec![attr_int("to", 1)])?
+            self.g
+                .node("Cast", &wname, &[&half], vec![attr_int("to", 1)])?
         } else {
             self.g.initializer_f32(&wname, &wshape, &wf)?
         };
-        let b = self.g.initializer_f32(&format!("{}.bias", c.conv), &[c.cout], &bias)?;
+        let b = self
+            .g
+            .initializer_f32(&format!("{}.bias", c.conv), &[c.cout], &bias)?;
         let pad = c.k / 2;
         let attrs = vec![
             attr_ints("kernel_shape", &[c.k, c.k]),
@@ -324,13 +182,21 @@ pub fn export_encoder_with_info(
         return Err(OnnxError::Spec("input_size must be positive".into()));
     }
     if !(spec.bn_eps.is_finite() && spec.bn_eps >= 0.0) {
-        return Err(OnnxError::Spec(format!("bn_eps {} is invalid", spec.bn_eps)));
+        return Err(OnnxError::Spec(format!(
+            "bn_eps {} is invalid",
+            spec.bn_eps
+        )));
     }
     let lay = layout(spec.backbone, spec.small_stem);
     let mut ex = Exporter::new(weight, spec.bn_eps, spec.fp16_weights);
     let batch = Dim::Symbolic(BATCH_DIM.to_owned());
     let side = i64::from(spec.input_size);
-    let dims = [batch.clone(), Dim::Fixed(3), Dim::Fixed(side), Dim::Fixed(side)];
+    let dims = [
+        batch.clone(),
+        Dim::Fixed(3),
+        Dim::Fixed(side),
+        Dim::Fixed(side),
+    ];
     let x = ex.g.input(INPUT_NAME, &dims)?;
 
     let mut y = ex.conv_bn(&x, &lay.stem)?;
@@ -355,12 +221,22 @@ pub fn export_encoder_with_info(
             Some(d) => ex.conv_bn(&y, d)?,
             None => y.clone(),
         };
-        let sum = ex.g.node("Add", &format!("{}.add", block.name), &[&z, &shortcut], vec![])?;
+        let sum = ex.g.node(
+            "Add",
+            &format!("{}.add", block.name),
+            &[&z, &shortcut],
+            vec![],
+        )?;
         y = ex.relu(&sum, &format!("{}.relu", block.name))?;
     }
     y = ex.g.node("GlobalAveragePool", "avgpool", &[&y], vec![])?;
-    let flat_name = if spec.l2_normalize { "flatten" } else { OUTPUT_NAME };
-    y = ex.g.node("Flatten", flat_name, &[&y], vec![attr_int("axis", 1)])?;
+    let flat_name = if spec.l2_normalize {
+        "flatten"
+    } else {
+        OUTPUT_NAME
+    };
+    y =
+        ex.g.node("Flatten", flat_name, &[&y], vec![attr_int("axis", 1)])?;
     if spec.l2_normalize {
         let attrs = vec![attr_ints("axes", &[1]), attr_int("keepdims", 1)];
         let norm = ex.g.node("ReduceL2", "l2norm", &[&y], attrs)?;
@@ -384,7 +260,11 @@ pub fn export_encoder_with_info(
         doc_string: format!(
             "SimSiam {:?} encoder, {side}x{side} input, BN folded{}",
             spec.backbone,
-            if spec.l2_normalize { ", L2-normalised output" } else { "" }
+            if spec.l2_normalize {
+                ", L2-normalised output"
+            } else {
+                ""
+            }
         ),
         metadata: spec.metadata.clone(),
     };

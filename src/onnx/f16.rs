@@ -16,7 +16,11 @@ pub fn f32_to_f16_bits(x: f32) -> u16 {
     let man = bits & 0x007f_ffff;
     if exp == 0xff {
         // ∞ keeps a zero mantissa; NaN keeps a non-zero (quiet) one.
-        let nan = if man != 0 { 0x0200 | (man >> 13) as u16 } else { 0 };
+        let nan = if man != 0 {
+            0x0200 | (man >> 13) as u16
+        } else {
+            0
+        };
         return sign | 0x7c00 | nan;
     }
     // Exponent rebased from f32's bias (127) to f16's (15).
@@ -73,7 +77,11 @@ mod tests {
         assert_eq!(f32_to_f16_bits(0.1), 0x2e66);
         assert_eq!(f32_to_f16_bits(F16_MAX), 0x7bff);
         assert_eq!(f32_to_f16_bits(2f32.powi(-14)), 0x0400, "smallest normal");
-        assert_eq!(f32_to_f16_bits(2f32.powi(-24)), 0x0001, "smallest subnormal");
+        assert_eq!(
+            f32_to_f16_bits(2f32.powi(-24)),
+            0x0001,
+            "smallest subnormal"
+        );
         assert_eq!(f32_to_f16_bits(1e-9), 0x0000, "underflows to zero");
         assert_eq!(f32_to_f16_bits(f32::INFINITY), 0x7c00);
         assert_eq!(f32_to_f16_bits(f32::NEG_INFINITY), 0xfc00);
@@ -88,7 +96,11 @@ mod tests {
         assert_eq!(f32_to_f16_bits(1.0 + 0.6 * ulp), 0x3c01);
         assert_eq!(f32_to_f16_bits(65520.0), 0x7c00, "rounds past the max to ∞");
         assert_eq!(f32_to_f16_bits(65519.0), 0x7bff);
-        assert_eq!(f32_to_f16_bits(2f32.powi(-25)), 0x0000, "subnormal tie to even");
+        assert_eq!(
+            f32_to_f16_bits(2f32.powi(-25)),
+            0x0000,
+            "subnormal tie to even"
+        );
         assert_eq!(f32_to_f16_bits(1.5 * 2f32.powi(-24)), 0x0002);
     }
 
@@ -98,7 +110,10 @@ mod tests {
         while x < 3.0 {
             let back = f16_bits_to_f32(f32_to_f16_bits(x));
             // relative half-ulp of f16 is 2⁻¹¹ for normal values
-            assert!((back - x).abs() <= x.abs() * 2f32.powi(-11) + 2f32.powi(-25), "{x}");
+            assert!(
+                (back - x).abs() <= x.abs() * 2f32.powi(-11) + 2f32.powi(-25),
+                "{x}"
+            );
             x += 0.000_731;
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! tch has no ONNX exporter, and TorchScript tracing bakes in the batch size, so the
 //! trainer writes the `ModelProto` itself: [`proto`] declares the protobuf messages,
-//! [`builder`] assembles graphs, and [`encoder`] walks the ResNet structure, folding each
-//! batch norm into its convolution. The server then runs the file through ONNX Runtime
+//! [`builder`] assembles graphs, [`resnet`] describes the backbone and folds batch norm,
+//! and [`encoder`] writes the whole encoder. The server then runs the file through ONNX Runtime
 //! (see [`crate::runtime`]) with no libtorch at all.
 //!
 //! ```no_run
@@ -20,12 +20,14 @@ pub mod builder;
 pub mod encoder;
 pub mod f16;
 pub mod proto;
+pub mod resnet;
 
 pub use builder::{Dim, GraphBuilder, ModelMeta, IR_VERSION, OPSET_VERSION};
 pub use encoder::{
-    encoder_variables, export_encoder, export_encoder_with_info, feature_dim, fold_batch_norm,
-    EncoderSpec, ExportInfo, WeightFn, BATCH_DIM, INPUT_NAME, OUTPUT_NAME,
+    export_encoder, export_encoder_with_info, EncoderSpec, ExportInfo, WeightFn, BATCH_DIM,
+    INPUT_NAME, OUTPUT_NAME,
 };
+pub use resnet::{encoder_variables, feature_dim, fold_batch_norm};
 
 /// Errors while writing an ONNX model. Each names the variable or value concerned.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 //! end-to-end / compute-only shows how much the data path costs the training loop.
 
 use super::loader::{batches, epoch_order, make_batch, EpochLoader};
-use super::pretrain::{load_data, num_cpus};
+use super::pretrain::load_data;
 use super::session::{self, Session};
 use super::TrainError;
 use crate::augment::AugmentConfig;
@@ -52,11 +52,7 @@ pub fn run(cfg: &TrainConfig, steps: usize) -> Result<BenchReport, TrainError> {
         cfg.data.image_size,
         cfg.augment.blur,
     ));
-    let workers = if cfg.data.workers == 0 {
-        (num_cpus() / 2).max(1)
-    } else {
-        cfg.data.workers
-    };
+    let workers = cfg.augment_workers();
     let seed = cfg.run.seed;
     // Enough epochs of batches for `steps + 1` steps, in training order.
     let per_epoch = images.len() / batch;

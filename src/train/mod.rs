@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod eval;
+pub mod export;
 pub mod loader;
 pub mod loss;
 pub mod model;

@@ -12,7 +12,7 @@ use super::session::{self, Session};
 use super::TrainError;
 use crate::augment::AugmentConfig;
 use crate::config::TrainConfig;
-use crate::data::{self, DatasetOptions, DecodedImages};
+use crate::data::{self, DecodedImages};
 use crate::knn;
 use crate::metrics::{self, EpochMetrics, MetricsWriter};
 use crate::preprocess::EvalTransform;
@@ -52,13 +52,7 @@ pub struct RunData {
 /// Opens the dataset of `cfg` and decodes both splits once, at the cache size.
 pub fn load_data(cfg: &TrainConfig) -> Result<RunData, TrainError> {
     let root = cfg.data.root.as_deref().ok_or(TrainError::NoDataRoot)?;
-    let opts = DatasetOptions {
-        breeds: cfg.data.breeds,
-        max_per_breed: cfg.data.max_per_breed,
-        bbox_crop: cfg.data.bbox_crop,
-        test_fraction: cfg.data.test_fraction,
-        seed: cfg.run.seed,
-    };
+    let opts = cfg.dataset_options();
     let ds = data::open(root, &opts)?;
     log::info!(
         "dataset {} ({:?}): {} classes, {} train, {} test images",
@@ -176,11 +170,7 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
         cfg.data.image_size,
         cfg.augment.blur,
     ));
-    let workers = if cfg.data.workers == 0 {
-        (num_cpus() / 2).max(1)
-    } else {
-        cfg.data.workers
-    };
+    let workers = cfg.augment_workers();
     let healthy = healthy_std(cfg.model.proj_dim);
     let threshold = cfg.monitor.collapse_ratio * healthy;
     let stop_at = opts.stop_after.map_or(epochs, |n| (start + n).min(epochs));
@@ -316,10 +306,4 @@ fn mean_rate(history: &[EpochMetrics]) -> f64 {
     } else {
         0.0
     }
-}
-
-pub(crate) fn num_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }

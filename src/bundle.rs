@@ -1,0 +1,336 @@
+//! The model bundle: what `trainer export` writes and the server loads, without libtorch.
+//!
+//! ```text
+//! bundle/
+//!   manifest.json   model, preprocessing, classes, training summary, sha256 of every file
+//!   encoder.onnx    backbone + global pooling + l2 normalisation, BN folded
+//!   probe.json      linear-probe breed classifier (crate::probe)
+//!   gallery.json    optional: ids, labels, source paths of embedded images
+//!   gallery.f32     optional: their embeddings, little-endian f32, row-major
+//! ```
+//! Every file is listed in the manifest with its sha256; [`Bundle::open`] refuses a bundle
+//! whose files do not match, naming the file, so a corrupted or hand-edited bundle never
+//! serves wrong answers silently.
+
+use crate::preprocess::EvalTransform;
+use crate::probe::{LinearProbe, ProbeError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const ENCODER: &str = "encoder.onnx";
+pub const PROBE: &str = "probe.json";
+pub const GALLERY_META: &str = "gallery.json";
+pub const GALLERY_VECTORS: &str = "gallery.f32";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("bundle file {file} does not match its sha256 in the manifest (expected {expected}, found {found}): the bundle is corrupt or was modified")]
+    HashMismatch {
+        file: String,
+        expected: String,
+        found: String,
+    },
+    #[error("bundle file {file} is listed in the manifest but missing from {dir}")]
+    MissingFile { file: String, dir: PathBuf },
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How request pixels become model input; mirrors [`EvalTransform`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Model input side (the centre crop).
+    pub size: u32,
+    /// The shorter side is resized to this before the crop (bilinear).
+    pub resize: u32,
+    pub policy: String,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub layout: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingSpec {
+    pub dim: usize,
+    /// "l2": embeddings have unit length, so the dot product is the cosine similarity.
+    pub normalization: String,
+    pub input_name: String,
+    pub output_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OnnxSpec {
+    pub opset: i64,
+    pub ir_version: i64,
+    pub fp16_weights: bool,
+    pub nodes: usize,
+    /// Largest |ONNX Runtime − tch| over real preprocessed images, checked at export.
+    pub parity_max_abs_diff: f64,
+}
+
+/// Training and evaluation figures of the run the bundle was exported from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    pub dataset: String,
+    pub epochs: usize,
+    pub steps: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub knn_top1: Option<f64>,
+    pub knn_top5: Option<f64>,
+    pub probe_top1: Option<f64>,
+    pub probe_top5: Option<f64>,
+    pub random_init_knn_top1: Option<f64>,
+    pub random_init_probe_top1: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    pub version: String,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub backbone: String,
+    pub small_stem: bool,
+    pub input: InputSpec,
+    pub embedding: EmbeddingSpec,
+    pub onnx: OnnxSpec,
+    /// Class (breed folder) names in label order.
+    pub classes: Vec<String>,
+    pub training: TrainingSummary,
+    /// sha256 and size of every other file of the bundle.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+impl Manifest {
+    /// The preprocessing the encoder expects, as the shared transform.
+    pub fn eval_transform(&self) -> EvalTransform {
+        EvalTransform {
+            resize: self.input.resize,
+            crop: self.input.size,
+            mean: self.input.mean,
+            std: self.input.std,
+        }
+    }
+
+    /// The [`InputSpec`] describing `t`.
+    pub fn input_spec(t: &EvalTransform) -> InputSpec {
+        InputSpec {
+            size: t.crop,
+            resize: t.resize,
+            policy: format!("resize the shorter side to {} px (bilinear), centre-crop {}x{}, RGB, (x/255 - mean) / std", t.resize, t.crop, t.crop),
+            mean: t.mean,
+            std: t.std,
+            layout: "NCHW float32".into(),
+        }
+    }
+}
+
+/// sha256 of a file, lowercase hex, and its size.
+pub fn hash_file(path: &Path) -> Result<FileEntry, BundleError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Ok(FileEntry {
+        sha256: hex(&Sha256::digest(&bytes)),
+        bytes: bytes.len() as u64,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, so a crash leaves
+/// either the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable; not every platform lets a directory be synced.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// (Re)computes the hashes of `files` in `dir` and writes the manifest atomically.
+pub fn write_manifest(
+    dir: &Path,
+    manifest: &mut Manifest,
+    files: &[&str],
+) -> Result<(), BundleError> {
+    manifest.files.clear();
+    for f in files {
+        manifest
+            .files
+            .insert((*f).to_string(), hash_file(&dir.join(f))?);
+    }
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| BundleError::Invalid {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    write_atomic(&path, text.as_bytes())
+}
+
+/// A verified bundle on disk.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Bundle {
+    /// Reads the manifest and checks every listed file against its sha256.
+    pub fn open(dir: &Path) -> Result<Self, BundleError> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| BundleError::Invalid {
+            path: path.clone(),
+            message: format!("not a valid manifest: {e}"),
+        })?;
+        for required in [ENCODER, PROBE] {
+            if !manifest.files.contains_key(required) {
+                return Err(BundleError::Invalid {
+                    path: path.clone(),
+                    message: format!("the manifest does not list {required}"),
+                });
+            }
+        }
+        for (file, entry) in &manifest.files {
+            let p = dir.join(file);
+            if !p.exists() {
+                return Err(BundleError::MissingFile {
+                    file: file.clone(),
+                    dir: dir.to_path_buf(),
+                });
+            }
+            let found = hash_file(&p)?;
+            if found.sha256 != entry.sha256 {
+                return Err(BundleError::HashMismatch {
+                    file: file.clone(),
+                    expected: entry.sha256.clone(),
+                    found: found.sha256,
+                });
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn encoder_bytes(&self) -> Result<Vec<u8>, BundleError> {
+        let p = self.dir.join(ENCODER);
+        std::fs::read(&p).map_err(io(&p))
+    }
+
+    pub fn probe(&self) -> Result<LinearProbe, BundleError> {
+        Ok(LinearProbe::load(&self.dir.join(PROBE))?)
+    }
+
+    /// The stored gallery, when the bundle has one.
+    pub fn gallery(&self) -> Result<Option<Gallery>, BundleError> {
+        if self.manifest.files.contains_key(GALLERY_META) {
+            Gallery::load(&self.dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Embedded reference images: ids, labels, source paths and vectors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GalleryMeta {
+    pub dim: usize,
+    pub ids: Vec<String>,
+    pub labels: Vec<usize>,
+    pub paths: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gallery {
+    pub meta: GalleryMeta,
+    /// Row-major `ids.len() × dim`.
+    pub vectors: Vec<f32>,
+}
+
+impl Gallery {
+    /// Writes `gallery.json` and `gallery.f32` into `dir`, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), BundleError> {
+        let n = self.meta.ids.len();
+        if self.meta.labels.len() != n
+            || self.meta.paths.len() != n
+            || self.vectors.len() != n * self.meta.dim
+        {
+            return Err(BundleError::Invalid {
+                path: dir.join(GALLERY_META),
+                message: "ids, labels, paths and vectors disagree in length".into(),
+            });
+        }
+        let bytes: Vec<u8> = self.vectors.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_atomic(&dir.join(GALLERY_VECTORS), &bytes)?;
+        let path = dir.join(GALLERY_META);
+        let text = serde_json::to_string(&self.meta).map_err(|e| BundleError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, text.as_bytes())
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, BundleError> {
+        let path = dir.join(GALLERY_META);
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let meta: GalleryMeta = serde_json::from_str(&text).map_err(|e| BundleError::Invalid {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let vpath = dir.join(GALLERY_VECTORS);
+        let bytes = std::fs::read(&vpath).map_err(io(&vpath))?;
+        let n = meta.ids.len();
+        if bytes.len() != n * meta.dim * 4 || meta.labels.len() != n || meta.paths.len() != n {
+            return Err(BundleError::Invalid {
+                path: vpath,
+                message: format!("expected {n} vectors of {} floats", meta.dim),
+            });
+        }
+        let vectors = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Self { meta, vectors })
+    }
+}
+
+#[cfg(test)]
+mod tests;
