@@ -199,6 +199,27 @@ impl ModuleT for ResNet {
     }
 }
 
+/// A linear layer initialised as PyTorch's `nn.Linear`: weight and bias uniform in
+/// ±1/√fan_in. tch's default (Kaiming uniform with the ReLU gain) is √6 ≈ 2.4× wider, which
+/// changes how fast the projector and predictor move at the recipe's learning rate.
+fn torch_linear(p: &nn::Path, din: i64, dout: i64, bias: bool) -> nn::Linear {
+    let bound = 1.0 / (din as f64).sqrt();
+    let uniform = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    nn::linear(
+        p,
+        din,
+        dout,
+        nn::LinearConfig {
+            ws_init: uniform,
+            bs_init: Some(uniform),
+            bias,
+        },
+    )
+}
+
 /// Linear (no bias) → BatchNorm, the unit of both MLPs.
 #[derive(Debug)]
 struct LinearBn {
@@ -208,16 +229,12 @@ struct LinearBn {
 
 impl LinearBn {
     fn new(p: &nn::Path, idx: usize, din: i64, dout: i64, affine: bool) -> Self {
-        let lin = nn::LinearConfig {
-            bias: false,
-            ..Default::default()
-        };
         let bn = nn::BatchNormConfig {
             affine,
             ..Default::default()
         };
         Self {
-            fc: nn::linear(p / format!("fc{idx}"), din, dout, lin),
+            fc: torch_linear(&(p / format!("fc{idx}")), din, dout, false),
             bn: nn::batch_norm1d(p / format!("bn{idx}"), dout, bn),
         }
     }
@@ -264,7 +281,7 @@ impl Predictor {
     fn new(p: &nn::Path, dim: i64, hidden: i64) -> Self {
         Self {
             layer1: LinearBn::new(p, 1, dim, hidden, true),
-            fc2: nn::linear(p / "fc2", hidden, dim, Default::default()),
+            fc2: torch_linear(&(p / "fc2"), hidden, dim, true),
         }
     }
 
