@@ -24,6 +24,10 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -e .libtorch/lib/libtorch_c
   exit 0
 fi
 
+if [[ -x .venv/bin/python ]] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  say "removing an incomplete .venv (no pip: an earlier setup was interrupted)"
+  rm -rf .venv
+fi
 if [[ ! -x .venv/bin/python ]]; then
   say "creating virtual environment .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
