@@ -262,7 +262,7 @@ fn resume_continues_the_schedule() {
 
 #[test]
 fn collapse_alarm_fires_without_stop_gradient() {
-    // A small projector and a high lr make the ablation collapse within a few dozen steps.
+    // A small projector and a very high lr make the ablation collapse within a few dozen steps.
     let dir = tempfile::tempdir().expect("tempdir");
     let data = image_folder(dir.path(), 2, 30);
     let fast = [
@@ -270,7 +270,7 @@ fn collapse_alarm_fires_without_stop_gradient() {
         ("SIMSIAM_MODEL__PROJ_DIM", "128"),
         ("SIMSIAM_MODEL__PRED_HIDDEN", "32"),
     ];
-    let run_with = |run: &Path, extra: &[&str]| {
+    let run_with = |run: &Path, extra: &[&str], env: &[(&str, &str)]| {
         let mut a: Vec<String> = tiny(&data, run)
             .into_iter()
             .map(|s| if s == "8" { "16".into() } else { s })
@@ -281,10 +281,10 @@ fn collapse_alarm_fires_without_stop_gradient() {
                 .chain(extra)
                 .map(|s| s.to_string()),
         );
-        trainer(&args(&a), &fast)
+        trainer(&args(&a), env)
     };
     let run = dir.path().join("ablation");
-    let out = run_with(&run, &["--debug-no-stop-grad"]);
+    let out = run_with(&run, &["--debug-no-stop-grad"], &fast);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -302,9 +302,11 @@ fn collapse_alarm_fires_without_stop_gradient() {
         "the ablation drives the loss towards -1"
     );
 
-    // The same run with stop-gradient trains on without an alarm.
+    // With stop-gradient, at the recipe's learning rate, the same run trains on without an
+    // alarm. (At the ablation's very high lr even SimSiam slowly loses rank on two classes
+    // of synthetic stripes, which is why the control does not reuse it.)
     let run = dir.path().join("simsiam");
-    let stderr = ok(&run_with(&run, &[]));
+    let stderr = ok(&run_with(&run, &[], &fast[1..]));
     assert!(!stderr.contains("COLLAPSE ALARM"), "{stderr}");
     assert!(metrics(&run).iter().all(|m| m["collapse_alarm"] == false));
 }

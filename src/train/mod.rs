@@ -39,12 +39,8 @@ pub enum TrainError {
     TooFewImages { found: usize, batch: usize },
     #[error("CUDA was requested (run.device = \"cuda\") but libtorch sees no CUDA device")]
     NoCuda,
-    #[error("training stopped at epoch {epoch}: representation collapse (std of normalised z {std:.5} < {threshold:.5}); outputs are in the run directory")]
-    Collapsed {
-        epoch: usize,
-        std: f64,
-        threshold: f64,
-    },
+    #[error("training stopped at epoch {epoch}: representation collapse (std of normalised z {std:.5}, effective rank {rank:.2}); outputs are in the run directory")]
+    Collapsed { epoch: usize, std: f64, rank: f64 },
 }
 
 impl TrainError {

@@ -279,7 +279,7 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
             return Err(TrainError::Collapsed {
                 epoch: epoch + 1,
                 std: z_std,
-                threshold,
+                rank: z_rank,
             });
         }
     }
