@@ -80,15 +80,17 @@ pub fn eval_transform(cfg: &TrainConfig) -> EvalTransform {
     }
 }
 
-/// Weighted-kNN top-1 of the session's backbone: train split as the bank, test as queries.
+/// Weighted-kNN top-1 of the session's backbone: the training images `bank` (whose labels
+/// are `data.train.labels`) as the bank, the test split as queries.
 pub fn knn_monitor(
     session: &Session,
     cfg: &TrainConfig,
+    bank: &[image::RgbImage],
     data: &RunData,
 ) -> Result<f64, TrainError> {
     let t = eval_transform(cfg);
     let batch = cfg.optim.batch.max(64);
-    let bank = session.features(&data.train.images, &t, batch, "kNN bank")?;
+    let bank = session.features(bank, &t, batch, "kNN bank")?;
     let queries = session.features(&data.test.images, &t, batch, "kNN queries")?;
     let dim = session.model.backbone.feature_dim as usize;
     let acc = knn::knn_accuracy(
@@ -131,7 +133,7 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
         "device {device:?}, {} libtorch threads",
         tch::get_num_threads()
     );
-    let data = load_data(cfg)?;
+    let mut data = load_data(cfg)?;
     let batch = cfg.optim.batch;
     if data.train.images.len() < batch {
         return Err(TrainError::TooFewImages {
@@ -165,7 +167,8 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
     )?;
 
     let epochs = cfg.optim.epochs;
-    let images = Arc::new(data.train.images.clone());
+    // Moved, not copied: the augmentation workers and the kNN bank share one decoded set.
+    let images = Arc::new(std::mem::take(&mut data.train.images));
     let aug = Arc::new(AugmentConfig::simsiam(
         cfg.data.image_size,
         cfg.augment.blur,
@@ -225,7 +228,7 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
             || epoch + 1 == stop_at
             || stopping;
         let knn_top1 = if knn_due {
-            Some(knn_monitor(&session, cfg, &data)?)
+            Some(knn_monitor(&session, cfg, &images, &data)?)
         } else {
             None
         };
