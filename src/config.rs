@@ -221,6 +221,14 @@ pub struct TrainConfig {
 /// A value set from the command line, by its dotted key (`optim.epochs`).
 pub type Override = (&'static str, config::Value);
 
+/// The trainer's `SIMSIAM_*` environment variables: all of them except the server's
+/// `SIMSIAM_SERVER_*`, which would otherwise read as unknown trainer keys.
+fn trainer_env() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("SIMSIAM_") && !k.starts_with("SIMSIAM_SERVER_"))
+        .collect()
+}
+
 impl TrainConfig {
     /// Layers the defaults, the file (if any), `SIMSIAM_*` variables and `overrides`,
     /// then validates. `file = None` reads `config/trainer.toml` when it exists.
@@ -238,7 +246,8 @@ impl TrainConfig {
             config::Environment::with_prefix("SIMSIAM")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(trainer_env())),
         );
         for (key, value) in overrides {
             b = b.set_override(key, value)?;

@@ -26,3 +26,6 @@ pub mod runtime;
 
 #[cfg(feature = "train")]
 pub mod train;
+
+#[cfg(feature = "serve")]
+pub mod server;

@@ -43,6 +43,11 @@ pub enum RuntimeError {
     InputCount(usize),
     #[error("model has no outputs")]
     NoOutput,
+    #[error("model output has shape {found:?}, expected {expected:?}")]
+    OutputShape {
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 }
 
 struct Runtime {
@@ -120,6 +125,12 @@ fn runtime() -> Result<&'static Runtime, RuntimeError> {
         .build()?;
     log::info!("ONNX Runtime loaded from {}", path.display());
     Ok(RUNTIME.get_or_init(|| Runtime { path, env }))
+}
+
+/// The process's ONNX Runtime environment (loading the library first if needed), for
+/// callers that configure their own session builder.
+pub fn environment() -> Result<&'static Environment, RuntimeError> {
+    runtime().map(|rt| &rt.env)
 }
 
 /// A CPU session for a model held in memory. `threads` sets the intra-op thread count

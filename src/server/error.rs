@@ -1,0 +1,140 @@
+//! Every error a request can meet, and the one table that maps it to an HTTP status.
+//!
+//! The `status_code` match has no catch-all arm on purpose: adding a variant does not
+//! compile until someone decides its status. Bodies are always
+//! `{"error": {"code": "...", "message": "..."}}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The bytes are not an image we can decode (or the image is corrupt or truncated).
+    #[error("image {index}: {message}")]
+    BadImage { index: usize, message: String },
+    /// Malformed JSON, multipart or query string; bad base64.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("unsupported content type {0:?}: send multipart/form-data, application/json or a raw image (image/jpeg, image/png)")]
+    UnsupportedMediaType(String),
+    /// Well-formed but unusable: out-of-range `k`, wrong vector length, no images.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The inference queue is full; the client should retry after a moment.
+    #[error("the server is at capacity ({queued} images queued); retry shortly")]
+    Overloaded { queued: usize },
+    #[error("the request took longer than {0} s")]
+    Timeout(u64),
+    /// Shutting down, or the model is not ready.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// Stable machine-readable code, part of the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadImage { .. } => "bad_image",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadImage { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Overloaded { .. } | ApiError::Unavailable(_)) {
+            res.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.json(Body {
+            error: Detail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    #[actix_web::test]
+    async fn errors_are_json_with_code_and_message() {
+        let res = ApiError::Overloaded { queued: 7 }.error_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let body = to_bytes(res.into_body()).await.expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "overloaded");
+        assert!(v["error"]["message"].as_str().unwrap().contains("7 images"));
+    }
+
+    #[test]
+    fn each_kind_has_its_status() {
+        let cases = [
+            (ApiError::BadImage { index: 0, message: "x".into() }, 400),
+            (ApiError::BadRequest("x".into()), 400),
+            (ApiError::Unauthorized, 401),
+            (ApiError::NotFound("x".into()), 404),
+            (ApiError::TooLarge("x".into()), 413),
+            (ApiError::UnsupportedMediaType("text/plain".into()), 415),
+            (ApiError::Unprocessable("x".into()), 422),
+            (ApiError::Overloaded { queued: 1 }, 503),
+            (ApiError::Timeout(1), 504),
+            (ApiError::Internal("x".into()), 500),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status_code().as_u16(), status, "{e:?}");
+        }
+    }
+}
