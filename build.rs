@@ -14,9 +14,10 @@ fn main() {
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     if link_torch_cuda(Path::new(&dir)) {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        // Only the trainer: the server must not link libtorch.
+        println!("cargo:rustc-link-arg-bin=trainer=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg-bin=trainer=-ltorch_cuda");
+        println!("cargo:rustc-link-arg-bin=trainer=-Wl,--as-needed");
     }
 }
 

@@ -1,8 +1,9 @@
 //! SimSiam image embeddings for dog breeds.
 //!
 //! The library holds all logic; the binaries in `src/bin/` only parse arguments.
-//! Everything that links libtorch lives behind the `train` feature, so the server and
-//! the data, augmentation and preprocessing code build and test without it.
+//! Everything that links libtorch (model, training loop, export) lives in `src/train/`,
+//! compiled into the `trainer` binary only: the library and the `server` binary never
+//! reference libtorch, so the server does not link it.
 //!
 //! ```no_run
 //! use simsiam::data::{self, DatasetOptions};
@@ -24,8 +25,6 @@ pub mod probe;
 pub mod report;
 pub mod runtime;
 
-#[cfg(feature = "train")]
-pub mod train;
 
 #[cfg(feature = "serve")]
 pub mod server;

@@ -10,6 +10,9 @@ use std::sync::Mutex;
 
 const TRAINER: &str = env!("CARGO_BIN_EXE_trainer");
 
+#[path = "server/mod.rs"]
+mod server;
+
 /// `classes` folders of `per_class` 48×40 JPEGs with class-specific stripes and per-image noise.
 fn image_folder(dir: &Path, classes: usize, per_class: usize) -> PathBuf {
     let root = dir.join("images");

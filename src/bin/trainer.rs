@@ -6,8 +6,13 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use simsiam::config::{Backbone, Override, TrainConfig};
-use simsiam::train::{bench, checkpoint, eval, export, pretrain};
+use train::{bench, checkpoint, eval, export, pretrain};
 use std::path::PathBuf;
+
+// The training code (everything that uses tch) is compiled into this binary, not into the
+// library: the server links the library, and must not link libtorch.
+#[path = "../train/mod.rs"]
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +37,20 @@ enum Command {
     Gallery(GalleryArgs),
     /// Print images/s for the data pipeline, compute-only steps, and end to end.
     Bench(BenchArgs),
+    /// Print a run's embeddings of image files (computed by libtorch), as JSON lines.
+    Embed(EmbedArgs),
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// Run directory written by `trainer pretrain`.
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long, default_value = "last")]
+    checkpoint: String,
+    /// Image files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
 }
 
 /// Settings shared by every command that reads a dataset and builds a model.
@@ -241,7 +260,7 @@ fn checkpoint_tag(name: &str) -> Result<&'static str> {
 }
 
 fn main() -> Result<()> {
-    simsiam::train::session::keep_freed_memory();
+    train::session::keep_freed_memory();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::Pretrain(a) => {
@@ -268,12 +287,14 @@ fn main() -> Result<()> {
             };
             let s = pretrain::pretrain(&cfg, &opts).context("pretraining failed")?;
             println!(
-                "done: {} epochs, loss {:.4}, z std {:.4}, kNN top-1 {}, {:.1} img/s; outputs in {}",
+                "done: {} epochs, loss {:.4}, z std {:.4}, kNN top-1 {} (best {}), {:.1} img/s{}; outputs in {}",
                 s.epochs_done,
                 s.loss,
                 s.z_std,
                 s.knn_top1.map_or("n/a".into(), |k| format!("{:.2}%", k * 100.0)),
+                s.best_knn_top1.map_or("n/a".into(), |k| format!("{:.2}%", k * 100.0)),
                 s.img_per_s,
+                if s.collapse_alarm { ", COLLAPSE ALARM raised" } else { "" },
                 s.out.display()
             );
         }
@@ -321,6 +342,18 @@ fn main() -> Result<()> {
                 println!("{name:<18} {:>8} {:>12}", pct(ours), pct(base));
             }
             println!("report: {}", a.run.join("eval.md").display());
+        }
+        Command::Embed(a) => {
+            let tag = checkpoint_tag(&a.checkpoint)?;
+            let meta = checkpoint::read_meta(&a.run, tag).with_context(|| {
+                format!("{} is not a pretraining run directory", a.run.display())
+            })?;
+            let rows = export::embed_files(&a.run, tag, &meta.config, &a.images)
+                .context("embedding failed")?;
+            for (path, embedding) in a.images.iter().zip(rows) {
+                let line = serde_json::json!({ "path": path, "embedding": embedding });
+                println!("{line}");
+            }
         }
         Command::Export(a) => {
             let tag = checkpoint_tag(&a.checkpoint)?;

@@ -382,7 +382,8 @@ mod tests {
             g.remove(&format!("img-{}", 50 + i));
         }
         assert_eq!(g.len(), 59);
-        assert_eq!(g.items.len(), g.len(), "compacted after many deletions");
+        assert!(g.items.len() < 100, "tombstones were compacted away");
+        assert!((g.items.len() - g.len()) * 4 <= g.items.len(), "at most a quarter tombstones");
         let hits = g.search(&unit(3, 16), 1, None).expect("search");
         assert_eq!(hits[0].id, "img-3");
         // Upsert replaces.

@@ -6,7 +6,7 @@
 
 use super::session::Session;
 use super::TrainError;
-use crate::config::TrainConfig;
+use simsiam::config::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -12,10 +12,10 @@ use super::pretrain::{eval_transform, load_data, RunData};
 use super::probe_fit::{self, ProbeFitConfig};
 use super::session::{self, Session};
 use super::TrainError;
-use crate::config::TrainConfig;
-use crate::knn;
-use crate::probe::LinearProbe;
-use crate::report::{self, ClassRow, EncoderScores, EvalReport};
+use simsiam::config::TrainConfig;
+use simsiam::knn;
+use simsiam::probe::LinearProbe;
+use simsiam::report::{self, ClassRow, EncoderScores, EvalReport};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Device, Tensor};
@@ -262,7 +262,7 @@ pub fn evaluate(run: &Path, tag: &str, cfg: &TrainConfig) -> Result<EvalReport, 
         &run.join("confusion.png"),
     )
     .map_err(plot_err)?;
-    let history = crate::metrics::read(&run.join("metrics.jsonl"))?;
+    let history = simsiam::metrics::read(&run.join("metrics.jsonl"))?;
     report::knn_curve_png(
         &history,
         Some(base.scores.knn_top1),

@@ -1,5 +1,5 @@
 //! `trainer export` and `trainer gallery`: a trained run becomes a self-describing bundle
-//! (see [`crate::bundle`]) that the server loads through ONNX Runtime, without libtorch.
+//! (see [`simsiam::bundle`]) that the server loads through ONNX Runtime, without libtorch.
 //!
 //! Every export checks itself: the written ONNX file runs through ONNX Runtime and the
 //! same weights through tch on real preprocessed images, for batch sizes 1 and 7, and the
@@ -8,15 +8,15 @@
 use super::checkpoint;
 use super::session::{self, Session};
 use super::TrainError;
-use crate::bundle::{
+use simsiam::bundle::{
     self, Bundle, EmbeddingSpec, Gallery, GalleryMeta, Manifest, OnnxSpec, TrainingSummary,
 };
-use crate::config::TrainConfig;
-use crate::data::{self, DatasetOptions};
-use crate::onnx::{self, EncoderSpec};
-use crate::preprocess::EvalTransform;
-use crate::probe::LinearProbe;
-use crate::runtime;
+use simsiam::config::TrainConfig;
+use simsiam::data::{self, DatasetOptions};
+use simsiam::onnx::{self, EncoderSpec};
+use simsiam::preprocess::EvalTransform;
+use simsiam::probe::LinearProbe;
+use simsiam::runtime;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -128,6 +128,37 @@ pub fn parity(
     Ok(worst)
 }
 
+/// Unit-length embeddings of image files computed by libtorch from a checkpoint (not
+/// from the ONNX file), through the same decoding and evaluation transform the server
+/// uses: what the server's answers are checked against.
+pub fn embed_files(
+    run: &Path,
+    tag: &str,
+    cfg: &TrainConfig,
+    files: &[PathBuf],
+) -> Result<Vec<Vec<f32>>, TrainError> {
+    let device = session::device(cfg)?;
+    let mut s = Session::new(cfg, device);
+    checkpoint::load(run, tag, &mut s, false)?;
+    let images = files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).map_err(TrainError::io(f))?;
+            data::decode::decode_bytes(&bytes, None).map_err(|e| bad(f, e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let t = super::pretrain::eval_transform(cfg);
+    let features = s.features(&images, &t, 32, "embedding")?;
+    let dim = s.model.backbone.feature_dim as usize;
+    Ok(features
+        .chunks(dim)
+        .map(|f| {
+            let norm = f.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            f.iter().map(|x| x / norm).collect()
+        })
+        .collect())
+}
+
 /// The ONNX encoder of a session's backbone (l2-normalised output).
 pub fn encoder_onnx(
     s: &Session,
@@ -203,7 +234,7 @@ pub fn export(
     probe
         .save(&out.join(bundle::PROBE))
         .map_err(|e| bad(out, e.to_string()))?;
-    let eval: Option<crate::report::EvalReport> = std::fs::read_to_string(run.join("eval.json"))
+    let eval: Option<simsiam::report::EvalReport> = std::fs::read_to_string(run.join("eval.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
     let training = TrainingSummary {
@@ -371,15 +402,10 @@ pub fn default_name(run: &Path) -> String {
         .unwrap_or_else(|| "simsiam".into())
 }
 
-/// Where `trainer export` writes by default.
-pub fn default_out(run: &Path) -> PathBuf {
-    run.join("bundle")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Backbone, DeviceChoice};
+    use simsiam::config::{Backbone, DeviceChoice};
 
     #[test]
     fn freshly_initialised_resnet18_exports_with_parity() {

@@ -21,11 +21,11 @@ pub enum TrainError {
     #[error("no dataset root: pass --data <dir> or set data.root")]
     NoDataRoot,
     #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    Data(#[from] simsiam::data::DataError),
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] simsiam::config::ConfigError),
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Metrics(#[from] simsiam::metrics::MetricsError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("{path}: {source}")]

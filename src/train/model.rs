@@ -3,7 +3,7 @@
 //! Layer names follow torchvision (`conv1`, `bn1`, `layer1.0.conv1`, ...), so checkpoints
 //! read like PyTorch ones and the ONNX exporter can walk the structure by name.
 
-use crate::config::{Backbone, ModelConfig};
+use simsiam::config::{Backbone, ModelConfig};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -12,8 +12,6 @@ use tch::Tensor;
 pub struct ConvBn {
     pub conv: nn::Conv2D,
     pub bn: nn::BatchNorm,
-    pub stride: i64,
-    pub padding: i64,
 }
 
 impl ConvBn {
@@ -64,8 +62,6 @@ impl ConvBn {
         Self {
             conv: nn::conv2d(p / conv, cin, cout, k, cfg),
             bn: nn::batch_norm2d(p / bn, cout, bn_cfg),
-            stride,
-            padding,
         }
     }
 

@@ -10,12 +10,12 @@ use super::loss::healthy_std;
 use super::schedule::lr_at;
 use super::session::{self, Session};
 use super::TrainError;
-use crate::augment::AugmentConfig;
-use crate::config::TrainConfig;
-use crate::data::{self, DecodedImages};
-use crate::knn;
-use crate::metrics::{self, EpochMetrics, MetricsWriter};
-use crate::preprocess::EvalTransform;
+use simsiam::augment::AugmentConfig;
+use simsiam::config::TrainConfig;
+use simsiam::data::{self, DecodedImages};
+use simsiam::knn;
+use simsiam::metrics::{self, EpochMetrics, MetricsWriter};
+use simsiam::preprocess::EvalTransform;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -253,7 +253,7 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
         );
         writer.append(&m)?;
         history.push(m.clone());
-        if let Err(e) = crate::plot::training_curves(&history, &out.join("training.png")) {
+        if let Err(e) = simsiam::plot::training_curves(&history, &out.join("training.png")) {
             log::warn!("{e}");
         }
         let improved = knn_top1.is_some_and(|k| best.is_none_or(|b| k > b));

@@ -1,0 +1,258 @@
+//! `server-bench`: throughput and latency of the server for JPEG requests at several
+//! concurrency levels, beside a bare ONNX Runtime session on the same model, thread count
+//! and batch size over pre-decoded tensors (the ceiling the server is measured against).
+//!
+//! Starts the real `server` binary (next to this one) on a free loopback port, so the
+//! figures include HTTP, decoding, preprocessing, batching and JSON.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use simsiam::bundle::Bundle;
+use simsiam::server::client::Connection;
+use simsiam::server::config::ServerConfig;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "server-bench", about = "Server throughput and latency vs a bare ONNX Runtime session")]
+struct Cli {
+    /// Model bundle (default: the configuration's model.dir).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Server configuration file (default: config/server.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Folder searched (recursively) for .jpg request images; without it, or when it has
+    /// none, synthetic 500×375 JPEGs are generated.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    /// Requests per level (one image each).
+    #[arg(long, default_value_t = 256)]
+    requests: usize,
+}
+
+fn main() -> Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let mut overrides = Vec::new();
+    if let Some(m) = &cli.model {
+        overrides.push(("model.dir", m.to_string_lossy().into_owned().into()));
+    }
+    let cfg = ServerConfig::load(cli.config.as_deref(), overrides)?;
+    let jpegs = request_images(cli.images.as_deref(), 64)?;
+    let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64 / 1e3;
+
+    let gallery = tempfile::tempdir()?;
+    let mut server = ServerProcess::start(&cfg, cli.config.as_deref(), gallery.path())?;
+    let threads = if cfg.inference.threads == 0 { "one per core".to_string() } else { cfg.inference.threads.to_string() };
+    println!(
+        "model {}, {} request images (mean {mean_kb:.0} kB), max_batch {}, max_wait {} ms, intra-op threads {threads}",
+        cfg.model.dir.display(),
+        jpegs.len(),
+        cfg.batching.max_batch,
+        cfg.batching.max_wait_ms
+    );
+    println!("{:>11} {:>9} {:>9} {:>9} {:>11}", "concurrency", "img/s", "p50 ms", "p99 ms", "mean batch");
+    let jpegs = Arc::new(jpegs);
+    let mut last = 0.0;
+    for &c in &cli.concurrency {
+        // Warm-up: connections, allocator, ONNX Runtime's first runs.
+        run_level(&server.addr, &jpegs, c, c.max(8))?;
+        let before = batch_stats(&server.addr)?;
+        let r = run_level(&server.addr, &jpegs, c, cli.requests)?;
+        let after = batch_stats(&server.addr)?;
+        let mean_batch = (after.0 - before.0) / (after.1 - before.1).max(1.0);
+        println!("{c:>11} {:>9.1} {:>9.1} {:>9.1} {mean_batch:>11.1}", r.rate, r.p50 * 1e3, r.p99 * 1e3);
+        last = r.rate;
+    }
+    server.stop();
+
+    let bare = bare_session(&cfg, &jpegs, cli.requests)?;
+    println!(
+        "bare ONNX Runtime session, batch {} over pre-decoded tensors: {bare:.1} img/s",
+        cfg.batching.max_batch
+    );
+    if let Some(&c) = cli.concurrency.last() {
+        println!("server at concurrency {c} / bare session: {:.2}x", last / bare);
+    }
+    Ok(())
+}
+
+struct Level {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// `requests` raw-JPEG `POST /v1/embed` calls from `c` client threads.
+fn run_level(addr: &str, jpegs: &Arc<Vec<Vec<u8>>>, c: usize, requests: usize) -> Result<Level> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..c)
+        .map(|_| {
+            let (addr, jpegs, next) = (addr.to_string(), jpegs.clone(), next.clone());
+            std::thread::spawn(move || -> Result<Vec<f64>> {
+                let mut conn = Connection::open(&addr)?;
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= requests {
+                        return Ok(lat);
+                    }
+                    let t = Instant::now();
+                    let r = conn.send("POST", "/v1/embed", &[("Content-Type", "image/jpeg")], &jpegs[i % jpegs.len()])?;
+                    if r.status != 200 {
+                        bail!("request failed: {} {}", r.status, r.text());
+                    }
+                    lat.push(t.elapsed().as_secs_f64());
+                }
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    Ok(Level {
+        rate: requests as f64 / wall,
+        p50: pct(0.5),
+        p99: pct(0.99),
+    })
+}
+
+/// (sum, count) of the server's batch-size histogram.
+fn batch_stats(addr: &str) -> Result<(f64, f64)> {
+    let text = simsiam::server::client::request(addr, "GET", "/metrics", &[], &[])?.text();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<f64>().unwrap_or(0.0)))
+            .unwrap_or(0.0)
+    };
+    Ok((value("simsiam_batch_size_sum "), value("simsiam_batch_size_count ")))
+}
+
+/// The ceiling: the bundle's encoder in one session with the server's intra-op threads,
+/// run on full batches of already decoded and preprocessed images.
+fn bare_session(cfg: &ServerConfig, jpegs: &[Vec<u8>], images: usize) -> Result<f64> {
+    let bundle = Bundle::open(&cfg.model.dir)?;
+    let t = bundle.manifest.eval_transform();
+    let metrics = simsiam::server::metrics::Metrics::default();
+    let tensors = simsiam::server::state::preprocess(jpegs, &t, u64::MAX, &metrics)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut session = simsiam::runtime::cpu_session(&bundle.encoder_bytes()?, cfg.inference.threads)?;
+    let b = cfg.batching.max_batch;
+    let per = t.tensor_len();
+    let side = t.crop as usize;
+    let mut batch = Vec::with_capacity(b * per);
+    for i in 0..b {
+        let k = i % jpegs.len();
+        batch.extend_from_slice(&tensors[k * per..(k + 1) * per]);
+    }
+    simsiam::runtime::run_f32(&mut session, &batch, [b, 3, side, side])?;
+    let runs = images.div_ceil(b);
+    let start = Instant::now();
+    for _ in 0..runs {
+        simsiam::runtime::run_f32(&mut session, &batch, [b, 3, side, side])?;
+    }
+    Ok((runs * b) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Up to `n` JPEG files under `dir`, or generated ones.
+fn request_images(dir: Option<&Path>, n: usize) -> Result<Vec<Vec<u8>>> {
+    let mut files = Vec::new();
+    if let Some(d) = dir {
+        collect_jpegs(d, &mut files, n);
+    }
+    if !files.is_empty() {
+        files.sort();
+        return files.iter().map(|f| std::fs::read(f).with_context(|| f.display().to_string())).collect();
+    }
+    Ok((0..n).map(|i| synthetic_jpeg(i as u32)).collect())
+}
+
+fn collect_jpegs(dir: &Path, out: &mut Vec<PathBuf>, n: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if out.len() >= n {
+            return;
+        }
+        if p.is_dir() {
+            collect_jpegs(&p, out, n);
+        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg")) {
+            out.push(p);
+        }
+    }
+}
+
+/// A 500×375 photo-sized JPEG with smooth colour fields and some texture.
+fn synthetic_jpeg(seed: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(500, 375, |x, y| {
+        let v = (x * 7 + y * 13 + seed * 31) ^ (x * y / 97);
+        image::Rgb([(x / 2 + seed * 9) as u8, (y / 2) as u8, (v % 251) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    // Encoding an in-memory image cannot fail.
+    let _ = img.write_to(&mut out, image::ImageFormat::Jpeg);
+    out.into_inner()
+}
+
+struct ServerProcess {
+    child: Child,
+    addr: String,
+}
+
+impl ServerProcess {
+    fn start(cfg: &ServerConfig, config: Option<&Path>, gallery: &Path) -> Result<Self> {
+        let exe = std::env::current_exe()?.with_file_name("server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--model").arg(&cfg.model.dir).arg("--port").arg(port.to_string()).arg("--host").arg("127.0.0.1");
+        cmd.arg("--gallery-dir").arg(gallery);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let mut s = Self { child, addr: format!("127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = simsiam::server::client::request(&s.addr, "GET", "/readyz", &[], &[]) {
+                if r.status == 200 {
+                    return Ok(s);
+                }
+            }
+            if let Some(status) = s.child.try_wait()? {
+                bail!("the server exited during start-up: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s.stop();
+        bail!("the server did not become ready within 60 s")
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
