@@ -25,6 +25,5 @@ pub mod probe;
 pub mod report;
 pub mod runtime;
 
-
 #[cfg(feature = "serve")]
 pub mod server;

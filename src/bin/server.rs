@@ -9,7 +9,11 @@ use simsiam::server::config::{Override, ServerConfig};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "server", version, about = "SimSiam dog-breed embedding server (ONNX Runtime)")]
+#[command(
+    name = "server",
+    version,
+    about = "SimSiam dog-breed embedding server (ONNX Runtime)"
+)]
 struct Cli {
     /// Configuration file (default: config/server.toml when present).
     #[arg(long)]
@@ -27,7 +31,10 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,hnsw_rs=warn")).init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,hnsw_rs=warn"),
+    )
+    .init();
     let cli = Cli::parse();
     let mut overrides: Vec<Override> = Vec::new();
     if let Some(m) = &cli.model {

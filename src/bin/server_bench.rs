@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "server-bench", about = "Server throughput and latency vs a bare ONNX Runtime session")]
+#[command(
+    name = "server-bench",
+    about = "Server throughput and latency vs a bare ONNX Runtime session"
+)]
 struct Cli {
     /// Model bundle (default: the configuration's model.dir).
     #[arg(long)]
@@ -50,7 +53,11 @@ fn main() -> Result<()> {
 
     let gallery = tempfile::tempdir()?;
     let mut server = ServerProcess::start(&cfg, cli.config.as_deref(), gallery.path())?;
-    let threads = if cfg.inference.threads == 0 { "one per core".to_string() } else { cfg.inference.threads.to_string() };
+    let threads = if cfg.inference.threads == 0 {
+        "one per core".to_string()
+    } else {
+        cfg.inference.threads.to_string()
+    };
     println!(
         "model {}, {} request images (mean {mean_kb:.0} kB), max_batch {}, max_wait {} ms, intra-op threads {threads}",
         cfg.model.dir.display(),
@@ -58,7 +65,10 @@ fn main() -> Result<()> {
         cfg.batching.max_batch,
         cfg.batching.max_wait_ms
     );
-    println!("{:>11} {:>9} {:>9} {:>9} {:>11}", "concurrency", "img/s", "p50 ms", "p99 ms", "mean batch");
+    println!(
+        "{:>11} {:>9} {:>9} {:>9} {:>11}",
+        "concurrency", "img/s", "p50 ms", "p99 ms", "mean batch"
+    );
     let jpegs = Arc::new(jpegs);
     let mut last = 0.0;
     for &c in &cli.concurrency {
@@ -68,7 +78,12 @@ fn main() -> Result<()> {
         let r = run_level(&server.addr, &jpegs, c, cli.requests)?;
         let after = batch_stats(&server.addr)?;
         let mean_batch = (after.0 - before.0) / (after.1 - before.1).max(1.0);
-        println!("{c:>11} {:>9.1} {:>9.1} {:>9.1} {mean_batch:>11.1}", r.rate, r.p50 * 1e3, r.p99 * 1e3);
+        println!(
+            "{c:>11} {:>9.1} {:>9.1} {:>9.1} {mean_batch:>11.1}",
+            r.rate,
+            r.p50 * 1e3,
+            r.p99 * 1e3
+        );
         last = r.rate;
     }
     server.stop();
@@ -79,7 +94,10 @@ fn main() -> Result<()> {
         cfg.batching.max_batch
     );
     if let Some(&c) = cli.concurrency.last() {
-        println!("server at concurrency {c} / bare session: {:.2}x", last / bare);
+        println!(
+            "server at concurrency {c} / bare session: {:.2}x",
+            last / bare
+        );
     }
     Ok(())
 }
@@ -106,7 +124,12 @@ fn run_level(addr: &str, jpegs: &Arc<Vec<Vec<u8>>>, c: usize, requests: usize) -
                         return Ok(lat);
                     }
                     let t = Instant::now();
-                    let r = conn.send("POST", "/v1/embed", &[("Content-Type", "image/jpeg")], &jpegs[i % jpegs.len()])?;
+                    let r = conn.send(
+                        "POST",
+                        "/v1/embed",
+                        &[("Content-Type", "image/jpeg")],
+                        &jpegs[i % jpegs.len()],
+                    )?;
                     if r.status != 200 {
                         bail!("request failed: {} {}", r.status, r.text());
                     }
@@ -117,7 +140,10 @@ fn run_level(addr: &str, jpegs: &Arc<Vec<Vec<u8>>>, c: usize, requests: usize) -
         .collect();
     let mut lat = Vec::new();
     for h in handles {
-        lat.extend(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??);
+        lat.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
+        );
     }
     let wall = start.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
@@ -134,10 +160,16 @@ fn batch_stats(addr: &str) -> Result<(f64, f64)> {
     let text = simsiam::server::client::request(addr, "GET", "/metrics", &[], &[])?.text();
     let value = |name: &str| {
         text.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse::<f64>().unwrap_or(0.0)))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
+            })
             .unwrap_or(0.0)
     };
-    Ok((value("simsiam_batch_size_sum "), value("simsiam_batch_size_count ")))
+    Ok((
+        value("simsiam_batch_size_sum "),
+        value("simsiam_batch_size_count "),
+    ))
 }
 
 /// The ceiling: the bundle's encoder in one session with the server's intra-op threads,
@@ -148,7 +180,8 @@ fn bare_session(cfg: &ServerConfig, jpegs: &[Vec<u8>], images: usize) -> Result<
     let metrics = simsiam::server::metrics::Metrics::default();
     let tensors = simsiam::server::state::preprocess(jpegs, &t, u64::MAX, &metrics)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut session = simsiam::runtime::cpu_session(&bundle.encoder_bytes()?, cfg.inference.threads)?;
+    let mut session =
+        simsiam::runtime::cpu_session(&bundle.encoder_bytes()?, cfg.inference.threads)?;
     let b = cfg.batching.max_batch;
     let per = t.tensor_len();
     let side = t.crop as usize;
@@ -174,13 +207,18 @@ fn request_images(dir: Option<&Path>, n: usize) -> Result<Vec<Vec<u8>>> {
     }
     if !files.is_empty() {
         files.sort();
-        return files.iter().map(|f| std::fs::read(f).with_context(|| f.display().to_string())).collect();
+        return files
+            .iter()
+            .map(|f| std::fs::read(f).with_context(|| f.display().to_string()))
+            .collect();
     }
     Ok((0..n).map(|i| synthetic_jpeg(i as u32)).collect())
 }
 
 fn collect_jpegs(dir: &Path, out: &mut Vec<PathBuf>, n: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
@@ -189,7 +227,10 @@ fn collect_jpegs(dir: &Path, out: &mut Vec<PathBuf>, n: usize) {
         }
         if p.is_dir() {
             collect_jpegs(&p, out, n);
-        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg")) {
+        } else if p
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
+        {
             out.push(p);
         }
     }
@@ -215,9 +256,16 @@ struct ServerProcess {
 impl ServerProcess {
     fn start(cfg: &ServerConfig, config: Option<&Path>, gallery: &Path) -> Result<Self> {
         let exe = std::env::current_exe()?.with_file_name("server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut cmd = Command::new(&exe);
-        cmd.arg("--model").arg(&cfg.model.dir).arg("--port").arg(port.to_string()).arg("--host").arg("127.0.0.1");
+        cmd.arg("--model")
+            .arg(&cfg.model.dir)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--host")
+            .arg("127.0.0.1");
         cmd.arg("--gallery-dir").arg(gallery);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
@@ -228,7 +276,10 @@ impl ServerProcess {
             .env("RUST_LOG", "warn")
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
-        let mut s = Self { child, addr: format!("127.0.0.1:{port}") };
+        let mut s = Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(r) = simsiam::server::client::request(&s.addr, "GET", "/readyz", &[], &[]) {

@@ -6,8 +6,8 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use simsiam::config::{Backbone, Override, TrainConfig};
-use train::{bench, checkpoint, eval, export, pretrain};
 use std::path::PathBuf;
+use train::{bench, checkpoint, eval, export, pretrain};
 
 // The training code (everything that uses tch) is compiled into this binary, not into the
 // library: the server links the library, and must not link libtorch.

@@ -94,7 +94,9 @@ impl Batcher {
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.metrics.queue_depth.fetch_sub(n, Ordering::SeqCst);
-                return Err(ApiError::Unavailable("the inference threads have stopped".into()));
+                return Err(ApiError::Unavailable(
+                    "the inference threads have stopped".into(),
+                ));
             }
         }
         answer
@@ -214,7 +216,12 @@ mod tests {
         }
     }
 
-    fn batcher(max_batch: usize, wait_ms: u64, capacity: usize, delay_ms: u64) -> (Batcher, Arc<Mutex<Vec<usize>>>) {
+    fn batcher(
+        max_batch: usize,
+        wait_ms: u64,
+        capacity: usize,
+        delay_ms: u64,
+    ) -> (Batcher, Arc<Mutex<Vec<usize>>>) {
         let runs = Arc::new(Mutex::new(Vec::new()));
         let echo = Echo {
             dim: 2,
@@ -227,7 +234,10 @@ mod tests {
             max_wait_ms: wait_ms,
             queue_capacity: capacity,
         };
-        (Batcher::start(vec![Box::new(echo)], &cfg, Arc::new(Metrics::default())), runs)
+        (
+            Batcher::start(vec![Box::new(echo)], &cfg, Arc::new(Metrics::default())),
+            runs,
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -247,7 +257,10 @@ mod tests {
             assert_eq!(rows, vec![r as f32; 2]);
         }
         let runs = runs.lock().unwrap().clone();
-        assert!(runs.len() < 6, "six requests within 200 ms must share runs: {runs:?}");
+        assert!(
+            runs.len() < 6,
+            "six requests within 200 ms must share runs: {runs:?}"
+        );
         assert_eq!(runs.iter().sum::<usize>(), 6);
     }
 

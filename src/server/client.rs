@@ -104,7 +104,9 @@ impl Connection {
         let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
             self.read_chunked()?
         } else {
-            let len: usize = find("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let len: usize = find("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let mut body = vec![0; len];
             self.reader.read_exact(&mut body)?;
             body

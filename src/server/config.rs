@@ -243,10 +243,21 @@ impl ServerConfig {
             return bad("gallery.m", "must be between 2 and 256");
         }
         if self.gallery.ef_construction == 0 || self.gallery.ef_search == 0 {
-            return bad("gallery.ef_search", "ef_construction and ef_search must be at least 1");
+            return bad(
+                "gallery.ef_search",
+                "ef_construction and ef_search must be at least 1",
+            );
         }
-        if self.cors.allowed_origins.iter().any(|o| o != "*" && !o.contains("://")) {
-            return bad("cors.allowed_origins", "each origin must be \"*\" or look like https://host[:port]");
+        if self
+            .cors
+            .allowed_origins
+            .iter()
+            .any(|o| o != "*" && !o.contains("://"))
+        {
+            return bad(
+                "cors.allowed_origins",
+                "each origin must be \"*\" or look like https://host[:port]",
+            );
         }
         Ok(())
     }

@@ -45,19 +45,28 @@ impl OrtEncoder {
         // Load the library first: ort panics if its API is touched before that.
         runtime::init()?;
         let (session, provider) = match cfg.provider {
-            Provider::Cpu => (runtime::cpu_session(model, cfg.threads)?, ActiveProvider::Cpu),
+            Provider::Cpu => (
+                runtime::cpu_session(model, cfg.threads)?,
+                ActiveProvider::Cpu,
+            ),
             Provider::Cuda => (cuda_session(model, cfg.threads)?, ActiveProvider::Cuda),
             Provider::Auto => match CUDA::is_available() {
                 Ok(true) => match cuda_session(model, cfg.threads) {
                     Ok(s) => (s, ActiveProvider::Cuda),
                     Err(e) => {
                         log::warn!("CUDA provider unusable ({e}); running on CPU");
-                        (runtime::cpu_session(model, cfg.threads)?, ActiveProvider::Cpu)
+                        (
+                            runtime::cpu_session(model, cfg.threads)?,
+                            ActiveProvider::Cpu,
+                        )
                     }
                 },
                 _ => {
                     log::info!("this ONNX Runtime has no CUDA provider; running on CPU");
-                    (runtime::cpu_session(model, cfg.threads)?, ActiveProvider::Cpu)
+                    (
+                        runtime::cpu_session(model, cfg.threads)?,
+                        ActiveProvider::Cpu,
+                    )
                 }
             },
         };

@@ -122,7 +122,13 @@ mod tests {
     #[test]
     fn each_kind_has_its_status() {
         let cases = [
-            (ApiError::BadImage { index: 0, message: "x".into() }, 400),
+            (
+                ApiError::BadImage {
+                    index: 0,
+                    message: "x".into(),
+                },
+                400,
+            ),
             (ApiError::BadRequest("x".into()), 400),
             (ApiError::Unauthorized, 401),
             (ApiError::NotFound("x".into()), 404),

@@ -97,7 +97,12 @@ impl Gallery {
     }
 
     /// A gallery over `items` and their row-major `vectors` (later duplicates of an id win).
-    pub fn from_parts(dim: usize, items: Vec<Item>, vectors: Vec<f32>, params: GraphParams) -> Self {
+    pub fn from_parts(
+        dim: usize,
+        items: Vec<Item>,
+        vectors: Vec<f32>,
+        params: GraphParams,
+    ) -> Self {
         let mut g = Self {
             dim,
             items: Vec::new(),
@@ -130,7 +135,8 @@ impl Gallery {
     pub fn counts(&self) -> std::collections::BTreeMap<String, usize> {
         let mut out = std::collections::BTreeMap::new();
         for &i in self.by_id.values() {
-            *out.entry(self.items[i].breed.clone().unwrap_or_default()).or_insert(0) += 1;
+            *out.entry(self.items[i].breed.clone().unwrap_or_default())
+                .or_insert(0) += 1;
         }
         out
     }
@@ -198,7 +204,12 @@ impl Gallery {
 
     /// The `k` nearest live entries to a unit vector, best first, optionally only those
     /// labelled `label`.
-    pub fn search(&self, query: &[f32], k: usize, label: Option<&str>) -> Result<Vec<Hit>, GalleryError> {
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        label: Option<&str>,
+    ) -> Result<Vec<Hit>, GalleryError> {
         if query.len() != self.dim {
             return Err(GalleryError::Dimension {
                 expected: self.dim,
@@ -244,11 +255,13 @@ impl Gallery {
             source,
         })?;
         let (items, vectors) = self.live_parts();
-        let header = serde_json::to_vec(&Header { dim: self.dim, items }).map_err(|e| {
-            GalleryError::Corrupt {
-                path: dir.join(FILE),
-                message: e.to_string(),
-            }
+        let header = serde_json::to_vec(&Header {
+            dim: self.dim,
+            items,
+        })
+        .map_err(|e| GalleryError::Corrupt {
+            path: dir.join(FILE),
+            message: e.to_string(),
         })?;
         let mut bytes = Vec::with_capacity(8 + header.len() + vectors.len() * 4);
         bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
@@ -279,8 +292,8 @@ impl Gallery {
         let header_bytes = bytes
             .get(8..8usize.saturating_add(len))
             .ok_or_else(|| corrupt("header length exceeds the file".into()))?;
-        let header: Header =
-            serde_json::from_slice(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
+        let header: Header = serde_json::from_slice(header_bytes)
+            .map_err(|e| corrupt(format!("bad header: {e}")))?;
         let body = &bytes[8 + len..];
         if body.len() != header.items.len() * header.dim * 4 {
             return Err(corrupt(format!(
@@ -293,13 +306,24 @@ impl Gallery {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok(Some(Self::from_parts(header.dim, header.items, vectors, params)))
+        Ok(Some(Self::from_parts(
+            header.dim,
+            header.items,
+            vectors,
+            params,
+        )))
     }
 }
 
 fn new_graph(p: GraphParams, capacity: usize) -> Hnsw<'static, f32, UnitCosine> {
     let layers = 16;
-    Hnsw::new(p.m, capacity.max(1024), layers, p.ef_construction, UnitCosine)
+    Hnsw::new(
+        p.m,
+        capacity.max(1024),
+        layers,
+        p.ef_construction,
+        UnitCosine,
+    )
 }
 
 #[cfg(test)]
@@ -313,10 +337,14 @@ mod tests {
     };
 
     fn unit(seed: u64, dim: usize) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let v: Vec<f32> = (0..dim)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((x >> 33) as f32 / (1u64 << 31) as f32) - 0.5
             })
             .collect();
@@ -327,7 +355,7 @@ mod tests {
     fn item(i: usize) -> Item {
         Item {
             id: format!("img-{i}"),
-            breed: Some(if i % 2 == 0 { "even" } else { "odd" }.into()),
+            breed: Some(if i.is_multiple_of(2) { "even" } else { "odd" }.into()),
             source: Some(format!("src/{i}.jpg")),
             metadata: serde_json::json!({ "i": i }),
         }
@@ -349,9 +377,14 @@ mod tests {
         for q in 1000..1050u64 {
             let query = unit(q, dim);
             let hits = g.search(&query, 5, None).expect("search");
-            let mut exact: Vec<(usize, f32)> = (0..500).map(|i| (i, dot(&query, &unit(i as u64, dim)))).collect();
+            let mut exact: Vec<(usize, f32)> = (0..500)
+                .map(|i| (i, dot(&query, &unit(i as u64, dim))))
+                .collect();
             exact.sort_by(|a, b| b.1.total_cmp(&a.1));
-            agree += hits.iter().filter(|h| exact[..5].iter().any(|(i, _)| h.id == format!("img-{i}"))).count();
+            agree += hits
+                .iter()
+                .filter(|h| exact[..5].iter().any(|(i, _)| h.id == format!("img-{i}")))
+                .count();
             assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
         }
         assert!(agree >= 240, "recall@5 {agree}/250");
@@ -367,8 +400,14 @@ mod tests {
         let odd = g.search(&unit(42, 16), 10, Some("odd")).expect("search");
         assert_eq!(odd.len(), 10);
         assert!(odd.iter().all(|h| h.breed.as_deref() == Some("odd")));
-        assert!(g.search(&unit(1, 16), 3, Some("no such breed")).expect("search").is_empty());
-        assert!(matches!(g.search(&[1.0], 3, None), Err(GalleryError::Dimension { .. })));
+        assert!(g
+            .search(&unit(1, 16), 3, Some("no such breed"))
+            .expect("search")
+            .is_empty());
+        assert!(matches!(
+            g.search(&[1.0], 3, None),
+            Err(GalleryError::Dimension { .. })
+        ));
     }
 
     #[test]
@@ -383,13 +422,19 @@ mod tests {
         }
         assert_eq!(g.len(), 59);
         assert!(g.items.len() < 100, "tombstones were compacted away");
-        assert!((g.items.len() - g.len()) * 4 <= g.items.len(), "at most a quarter tombstones");
+        assert!(
+            (g.items.len() - g.len()) * 4 <= g.items.len(),
+            "at most a quarter tombstones"
+        );
         let hits = g.search(&unit(3, 16), 1, None).expect("search");
         assert_eq!(hits[0].id, "img-3");
         // Upsert replaces.
         g.upsert(item(3), &unit(99, 16)).expect("upsert");
         assert_eq!(g.len(), 59);
-        assert_eq!(g.search(&unit(99, 16), 1, None).expect("search")[0].id, "img-3");
+        assert_eq!(
+            g.search(&unit(99, 16), 1, None).expect("search")[0].id,
+            "img-3"
+        );
     }
 
     #[test]
@@ -398,11 +443,18 @@ mod tests {
         let mut g = gallery(30, 8);
         g.remove("img-0");
         g.save(dir.path()).expect("save");
-        let back = Gallery::load(dir.path(), P).expect("load").expect("present");
+        let back = Gallery::load(dir.path(), P)
+            .expect("load")
+            .expect("present");
         assert_eq!(back.len(), 29);
         assert_eq!(back.counts(), g.counts());
-        assert_eq!(back.search(&unit(5, 8), 1, None).expect("s")[0].metadata, serde_json::json!({"i": 5}));
-        assert!(Gallery::load(&dir.path().join("none"), P).expect("ok").is_none());
+        assert_eq!(
+            back.search(&unit(5, 8), 1, None).expect("s")[0].metadata,
+            serde_json::json!({"i": 5})
+        );
+        assert!(Gallery::load(&dir.path().join("none"), P)
+            .expect("ok")
+            .is_none());
         let path = dir.path().join(FILE);
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() - 3]).expect("write");

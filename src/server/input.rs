@@ -54,7 +54,11 @@ impl Input {
 }
 
 /// Reads the whole request (bounded by `limits.max_body_bytes`).
-pub async fn read(req: &HttpRequest, payload: web::Payload, limits: &LimitsConfig) -> Result<Input, ApiError> {
+pub async fn read(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limits: &LimitsConfig,
+) -> Result<Input, ApiError> {
     let max = limits.max_body_bytes;
     if let Some(len) = req
         .headers()
@@ -72,14 +76,29 @@ pub async fn read(req: &HttpRequest, payload: web::Payload, limits: &LimitsConfi
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let mut input = match essence.as_str() {
         "multipart/form-data" => read_multipart(req, payload, max).await?,
         "application/json" => read_json(&body(payload, max).await?)?,
-        "" if req.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v == "0") => Input::default(),
+        "" if req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v == "0") =>
+        {
+            Input::default()
+        }
         t if t.starts_with("image/") || t == "application/octet-stream" => {
             let bytes = body(payload, max).await?;
-            let images = if bytes.is_empty() { vec![] } else { vec![bytes] };
+            let images = if bytes.is_empty() {
+                vec![]
+            } else {
+                vec![bytes]
+            };
             Input {
                 images,
                 params: Map::new(),
@@ -115,7 +134,9 @@ fn read_json(bytes: &[u8]) -> Result<Input, ApiError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     let Value::Object(mut params) = value else {
-        return Err(ApiError::BadRequest("the JSON body must be an object".into()));
+        return Err(ApiError::BadRequest(
+            "the JSON body must be an object".into(),
+        ));
     };
     let mut images = Vec::new();
     for name in IMAGE_FIELDS {
@@ -151,16 +172,23 @@ fn decode_base64(s: &str, index: usize) -> Result<Vec<u8>, ApiError> {
     let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(data.trim_end_matches('='))
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(data.trim_end_matches('=')))
+        .or_else(|_| {
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(data.trim_end_matches('='))
+        })
         .map_err(|e| ApiError::BadRequest(format!("image {index}: invalid base64: {e}")))
 }
 
-async fn read_multipart(req: &HttpRequest, payload: web::Payload, max: usize) -> Result<Input, ApiError> {
+async fn read_multipart(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max: usize,
+) -> Result<Input, ApiError> {
     let mut form = actix_multipart::Multipart::new(req.headers(), payload);
     let mut input = Input::default();
     let mut total = 0usize;
     while let Some(field) = form.next().await {
-        let mut field = field.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+        let mut field =
+            field.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
         let name = field.name().unwrap_or_default().to_string();
         let is_file = field
             .content_disposition()
@@ -168,7 +196,8 @@ async fn read_multipart(req: &HttpRequest, payload: web::Payload, max: usize) ->
             .is_some();
         let mut bytes = Vec::new();
         while let Some(chunk) = field.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
             total += chunk.len();
             if total > max {
                 return Err(too_big(max));
@@ -178,8 +207,9 @@ async fn read_multipart(req: &HttpRequest, payload: web::Payload, max: usize) ->
         if is_file || IMAGE_FIELDS.contains(&name.as_str()) {
             input.images.push(bytes);
         } else {
-            let text = String::from_utf8(bytes)
-                .map_err(|_| ApiError::BadRequest(format!("form field `{name}` is not UTF-8 text")))?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                ApiError::BadRequest(format!("form field `{name}` is not UTF-8 text"))
+            })?;
             push_param(&mut input.params, name, scalar(&text));
         }
     }
@@ -258,8 +288,14 @@ mod tests {
         assert_eq!(input.images, vec![png.to_vec(), png.to_vec()]);
         assert_eq!(input.params["k"], 3);
         assert!(matches!(read_json(b"[1]"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(read_json(b"{\"images\": [\"@@@\"]}"), Err(ApiError::BadRequest(_))));
-        assert!(matches!(read_json(b"{\"images\": [1]}"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            read_json(b"{\"images\": [\"@@@\"]}"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            read_json(b"{\"images\": [1]}"),
+            Err(ApiError::BadRequest(_))
+        ));
     }
 
     #[test]

@@ -60,8 +60,16 @@ impl Histogram {
             cumulative += c;
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
@@ -122,7 +130,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Metrics {
     pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
-        *lock(&self.requests).entry((route.to_string(), status)).or_default() += 1;
+        *lock(&self.requests)
+            .entry((route.to_string(), status))
+            .or_default() += 1;
         lock(&self.latency)
             .entry(route.to_string())
             .or_insert_with(|| Histogram::new(SECONDS))
@@ -208,14 +218,24 @@ mod tests {
         m.record_request("/v1/embed", 200, Duration::from_millis(3));
         m.record_stage(Stage::Decode, Duration::from_micros(500));
         let text = m.render();
-        assert!(text.contains("simsiam_batch_size_bucket{le=\"1\"} 1"), "{text}");
-        assert!(text.contains("simsiam_batch_size_bucket{le=\"4\"} 2"), "{text}");
-        assert!(text.contains("simsiam_batch_size_bucket{le=\"32\"} 3"), "{text}");
-        assert!(text.contains("simsiam_batch_size_bucket{le=\"+Inf\"} 3"), "{text}");
+        assert!(
+            text.contains("simsiam_batch_size_bucket{le=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("simsiam_batch_size_bucket{le=\"4\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("simsiam_batch_size_bucket{le=\"32\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("simsiam_batch_size_bucket{le=\"+Inf\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("simsiam_batch_size_sum 36"), "{text}");
-        assert!(text.contains(
-            "simsiam_http_requests_total{route=\"/v1/embed\",status=\"200\"} 1"
-        ));
+        assert!(text.contains("simsiam_http_requests_total{route=\"/v1/embed\",status=\"200\"} 1"));
         assert!(text.contains(
             "simsiam_http_request_duration_seconds_bucket{route=\"/v1/embed\",le=\"0.001\"} 0"
         ));

@@ -123,7 +123,10 @@ async fn authorize(
         .app_data::<web::Data<AppState>>()
         .map(|s| s.cfg.auth.api_key.clone())
         .unwrap_or_default();
-    if !key.is_empty() && !PUBLIC.contains(&req.path()) && req.method() != actix_web::http::Method::OPTIONS {
+    if !key.is_empty()
+        && !PUBLIC.contains(&req.path())
+        && req.method() != actix_web::http::Method::OPTIONS
+    {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)

@@ -117,9 +117,10 @@ impl AppState {
         let transform = self.transform.clone();
         let max_pixels = self.cfg.limits.max_pixels;
         let metrics = self.metrics.clone();
-        let tensors = actix_web::web::block(move || preprocess(&images, &transform, max_pixels, &metrics))
-            .await
-            .map_err(|e| ApiError::Internal(format!("preprocessing pool: {e}")))??;
+        let tensors =
+            actix_web::web::block(move || preprocess(&images, &transform, max_pixels, &metrics))
+                .await
+                .map_err(|e| ApiError::Internal(format!("preprocessing pool: {e}")))??;
         self.batcher.embed(tensors, n).await
     }
 
@@ -182,7 +183,11 @@ fn graph_params(cfg: &ServerConfig) -> GraphParams {
 }
 
 /// The persisted gallery, or (first start) the bundle's gallery, saved as the start.
-fn open_gallery(cfg: &ServerConfig, bundle: &Bundle, breeds: &[String]) -> Result<Gallery, StartError> {
+fn open_gallery(
+    cfg: &ServerConfig,
+    bundle: &Bundle,
+    breeds: &[String],
+) -> Result<Gallery, StartError> {
     let dim = bundle.manifest.embedding.dim;
     let params = graph_params(cfg);
     let dir = &cfg.gallery.dir;

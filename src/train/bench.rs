@@ -8,9 +8,9 @@ use super::loader::{batches, epoch_order, make_batch, EpochLoader};
 use super::pretrain::load_data;
 use super::session::{self, Session};
 use super::TrainError;
+use serde::Serialize;
 use simsiam::augment::AugmentConfig;
 use simsiam::config::TrainConfig;
-use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
 

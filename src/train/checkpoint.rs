@@ -6,8 +6,8 @@
 
 use super::session::Session;
 use super::TrainError;
-use simsiam::config::TrainConfig;
 use serde::{Deserialize, Serialize};
+use simsiam::config::TrainConfig;
 use std::path::{Path, PathBuf};
 
 /// The latest state, written every epoch.

@@ -12,11 +12,11 @@ use super::pretrain::{eval_transform, load_data, RunData};
 use super::probe_fit::{self, ProbeFitConfig};
 use super::session::{self, Session};
 use super::TrainError;
+use serde::{Deserialize, Serialize};
 use simsiam::config::TrainConfig;
 use simsiam::knn;
 use simsiam::probe::LinearProbe;
 use simsiam::report::{self, ClassRow, EncoderScores, EvalReport};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{Device, Tensor};
 

@@ -8,6 +8,7 @@
 use super::checkpoint;
 use super::session::{self, Session};
 use super::TrainError;
+use indicatif::{ProgressBar, ProgressStyle};
 use simsiam::bundle::{
     self, Bundle, EmbeddingSpec, Gallery, GalleryMeta, Manifest, OnnxSpec, TrainingSummary,
 };
@@ -17,7 +18,6 @@ use simsiam::onnx::{self, EncoderSpec};
 use simsiam::preprocess::EvalTransform;
 use simsiam::probe::LinearProbe;
 use simsiam::runtime;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -6,10 +6,10 @@
 //! order, at most `prefetch` are held in memory, and compute never waits while workers
 //! keep up. Views depend only on (seed, epoch, image index), never on thread timing.
 
-use simsiam::augment::{self, AugmentConfig};
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use simsiam::augment::{self, AugmentConfig};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -6,10 +6,10 @@
 //! (a 12,000 × 512 → 120 pass is one matrix product), so no mini-batching or lr tuning
 //! is needed, unlike SGD on SimSiam features, which trains slowly at small lr.
 
-use simsiam::probe::LinearProbe;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use simsiam::probe::LinearProbe;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 

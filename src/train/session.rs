@@ -6,10 +6,10 @@ use super::loss::{effective_rank, output_std, simsiam_loss};
 use super::model::SimSiam;
 use super::sgd::Sgd;
 use super::TrainError;
-use simsiam::config::{DeviceChoice, TrainConfig};
-use simsiam::preprocess::EvalTransform;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use simsiam::config::{DeviceChoice, TrainConfig};
+use simsiam::preprocess::EvalTransform;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 

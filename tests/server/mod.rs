@@ -1,7 +1,7 @@
 //! End-to-end tests of the `server` binary: a small bundle exported by the trainer, the
 //! real executable on a loopback port, every route and every error status.
 
-use super::{image_folder, ok, tiny, trainer, args};
+use super::{args, image_folder, ok, tiny, trainer};
 use base64::Engine;
 use serde_json::{json, Value};
 use simsiam::server::client::{multipart, request, Response};
@@ -37,7 +37,10 @@ fn fixture() -> &'static Fixture {
         let b = bundle.to_str().expect("utf8");
         ok(&trainer(&["export", "--run", r, "--out", b], &[]));
         let d = data.to_str().expect("utf8");
-        ok(&trainer(&["gallery", "--model", b, "--data", d, "--split", "all"], &[]));
+        ok(&trainer(
+            &["gallery", "--model", b, "--data", d, "--split", "all"],
+            &[],
+        ));
         Fixture { data, run, bundle }
     })
 }
@@ -54,12 +57,17 @@ impl Server {
         let port = free_port();
         let log = gallery.with_extension(format!("{port}.log"));
         let mut cmd = Command::new(SERVER);
-        cmd.args(["--model", fixture().bundle.to_str().expect("utf8"), "--port", &port.to_string()])
-            .arg("--gallery-dir")
-            .arg(gallery)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"));
+        cmd.args([
+            "--model",
+            fixture().bundle.to_str().expect("utf8"),
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--gallery-dir")
+        .arg(gallery)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -74,7 +82,11 @@ impl Server {
                 return s;
             }
             let exited = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            assert!(exited.is_none() && Instant::now() < deadline, "server did not start:\n{}", s.log_text());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "server did not start:\n{}",
+                s.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -88,7 +100,12 @@ impl Server {
     }
 
     fn json(&self, method: &str, path: &str, body: &Value) -> Response {
-        self.call(method, path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
+        self.call(
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
     }
 
     fn raw(&self, path: &str, image: &[u8]) -> Response {
@@ -103,9 +120,15 @@ impl Server {
     /// SIGTERM (graceful shutdown), wait, and return the log.
     fn stop(&mut self) -> String {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
             let status = c.wait().expect("wait");
-            assert!(status.success(), "server exit {status}:\n{}", self.log_text());
+            assert!(
+                status.success(),
+                "server exit {status}:\n{}",
+                self.log_text()
+            );
         }
         self.log_text()
     }
@@ -133,7 +156,12 @@ fn image_bytes(rel: &str) -> Vec<u8> {
 
 fn error_code(r: &Response) -> String {
     let v = r.json();
-    assert!(v["error"]["message"].is_string(), "not a JSON error: {} {}", r.status, r.text());
+    assert!(
+        v["error"]["message"].is_string(),
+        "not a JSON error: {} {}",
+        r.status,
+        r.text()
+    );
     v["error"]["code"].as_str().unwrap_or_default().to_string()
 }
 
@@ -152,18 +180,37 @@ fn every_route_answers_and_embeddings_match_the_trainer() {
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["gallery_items"], 36);
     let models = s.call("GET", "/v1/models", &[], &[]).json();
-    assert_eq!(models["models"][0]["manifest"]["classes"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        models["models"][0]["manifest"]["classes"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
     assert_eq!(models["models"][0]["provider"], "cpu");
     let page = s.call("GET", "/", &[], &[]);
     assert!(page.text().contains("<html") && page.text().contains("/openapi.json"));
 
     // The OpenAPI document lists exactly the routes the server has, and each answers.
     let doc = s.call("GET", "/openapi.json", &[], &[]).json();
-    let mut documented: Vec<String> = doc["paths"].as_object().expect("paths").keys().cloned().collect();
+    let mut documented: Vec<String> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
     documented.sort();
     let mut expected: Vec<String> = [
-        "/", "/healthz", "/metrics", "/openapi.json", "/readyz", "/v1/classify", "/v1/embed",
-        "/v1/gallery", "/v1/gallery/{id}", "/v1/models", "/v1/search",
+        "/",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/readyz",
+        "/v1/classify",
+        "/v1/embed",
+        "/v1/gallery",
+        "/v1/gallery/{id}",
+        "/v1/models",
+        "/v1/search",
     ]
     .iter()
     .map(|p| p.to_string())
@@ -174,8 +221,13 @@ fn every_route_answers_and_embeddings_match_the_trainer() {
         for method in ops.as_object().expect("ops").keys() {
             let p = path.replace("{id}", "no-such-id");
             let r = s.call(&method.to_uppercase(), &p, &[], &[]);
-            let unknown_route = r.status == 404 && error_code(&r) == "not_found" && !p.contains("no-such-id");
-            assert!(!unknown_route && r.status != 405, "{method} {path}: {}", r.status);
+            let unknown_route =
+                r.status == 404 && error_code(&r) == "not_found" && !p.contains("no-such-id");
+            assert!(
+                !unknown_route && r.status != 405,
+                "{method} {path}: {}",
+                r.status
+            );
         }
     }
 
@@ -183,13 +235,25 @@ fn every_route_answers_and_embeddings_match_the_trainer() {
     let files = ["class_0/0.jpg", "class_1/5.jpg", "class_2/11.jpg"];
     let jpeg: Vec<Vec<u8>> = files.iter().map(|f| image_bytes(f)).collect();
     let raw = vectors(&s.raw("/v1/embed", &jpeg[0]));
-    let form = vectors(&s.form("/v1/embed", &[("images", Some("a.jpg"), &jpeg[0]), ("images", Some("b.jpg"), &jpeg[1])]));
-    let b64: Vec<String> = jpeg.iter().map(|b| base64::engine::general_purpose::STANDARD.encode(b)).collect();
+    let form = vectors(&s.form(
+        "/v1/embed",
+        &[
+            ("images", Some("a.jpg"), &jpeg[0]),
+            ("images", Some("b.jpg"), &jpeg[1]),
+        ],
+    ));
+    let b64: Vec<String> = jpeg
+        .iter()
+        .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+        .collect();
     let js = vectors(&s.json("POST", "/v1/embed", &json!({ "images": b64 })));
     assert_eq!(js.len(), 3);
     assert_eq!(raw[0], form[0]);
     assert_eq!(form[1], js[1]);
-    let paths: Vec<String> = files.iter().map(|p| f.data.join(p).display().to_string()).collect();
+    let paths: Vec<String> = files
+        .iter()
+        .map(|p| f.data.join(p).display().to_string())
+        .collect();
     let mut cmd = vec!["embed", "--run", f.run.to_str().expect("utf8")];
     cmd.extend(paths.iter().map(String::as_str));
     let out = trainer(&cmd, &[]);
@@ -202,19 +266,29 @@ fn every_route_answers_and_embeddings_match_the_trainer() {
     for (line, served) in lines.iter().zip(&js) {
         let want: Vec<f32> = serde_json::from_value(line["embedding"].clone()).expect("vector");
         assert_eq!(want.len(), served.len());
-        let worst = want.iter().zip(served).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = want
+            .iter()
+            .zip(served)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst <= 1e-4, "server vs trainer max |diff| {worst:e}");
     }
 
     // Classification: top_k ranked breeds with probabilities.
     let c = s.raw("/v1/classify?top_k=2", &jpeg[1]);
     assert_eq!(c.status, 200, "{}", c.text());
-    let preds = c.json()["results"][0]["predictions"].as_array().expect("predictions").clone();
+    let preds = c.json()["results"][0]["predictions"]
+        .as_array()
+        .expect("predictions")
+        .clone();
     assert_eq!(preds.len(), 2);
     let p0 = preds[0]["probability"].as_f64().expect("p");
     let p1 = preds[1]["probability"].as_f64().expect("p");
     assert!(p0 >= p1 && p0 + p1 <= 1.0 + 1e-5);
-    assert!(preds[0]["breed"].as_str().expect("breed").starts_with("class"));
+    assert!(preds[0]["breed"]
+        .as_str()
+        .expect("breed")
+        .starts_with("class"));
 
     // Search: a gallery image finds itself first; vectors work; the breed filter holds.
     let r = s.raw("/v1/search?k=3", &jpeg[1]);
@@ -224,10 +298,20 @@ fn every_route_answers_and_embeddings_match_the_trainer() {
     assert_eq!(hits[0]["id"], "class_1/5");
     assert!(hits[0]["score"].as_f64().expect("score") > 0.9999);
     assert_eq!(hits[0]["breed"], "class 1");
-    assert!(hits[0]["source"].as_str().expect("source").contains("class_1/5.jpg"));
-    let r = s.json("POST", "/v1/search", &json!({ "vectors": [js[2]], "k": 4, "breed": "class 0" }));
+    assert!(hits[0]["source"]
+        .as_str()
+        .expect("source")
+        .contains("class_1/5.jpg"));
+    let r = s.json(
+        "POST",
+        "/v1/search",
+        &json!({ "vectors": [js[2]], "k": 4, "breed": "class 0" }),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    let hits = r.json()["results"][0]["neighbors"].as_array().expect("hits").clone();
+    let hits = r.json()["results"][0]["neighbors"]
+        .as_array()
+        .expect("hits")
+        .clone();
     assert_eq!(hits.len(), 4);
     assert!(hits.iter().all(|h| h["breed"] == "class 0"));
 
@@ -262,7 +346,11 @@ fn png_header(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     chunk(&mut png, b"IHDR", &ihdr);
-    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
     chunk(&mut png, b"IEND", &[]);
     png
 }
@@ -277,7 +365,10 @@ fn every_error_has_its_status_and_a_json_body() {
             ("SIMSIAM_SERVER_LIMITS__MAX_BODY_BYTES", "200000"),
             ("SIMSIAM_SERVER_LIMITS__MAX_IMAGES", "2"),
             ("SIMSIAM_SERVER_BATCHING__QUEUE_CAPACITY", "2"),
-            ("SIMSIAM_SERVER_CORS__ALLOWED_ORIGINS", "https://dogs.example"),
+            (
+                "SIMSIAM_SERVER_CORS__ALLOWED_ORIGINS",
+                "https://dogs.example",
+            ),
         ],
     );
     let auth = ("Authorization", "Bearer s3cret");
@@ -292,38 +383,156 @@ fn every_error_has_its_status_and_a_json_body() {
     };
     // 401: no key, wrong key; health and docs stay public.
     expect(s.raw("/v1/embed", &jpeg), 401, "unauthorized");
-    expect(s.call("POST", "/v1/embed", &[("Authorization", "Bearer s3creT"), ("Content-Type", "image/jpeg")], &jpeg), 401, "unauthorized");
+    expect(
+        s.call(
+            "POST",
+            "/v1/embed",
+            &[
+                ("Authorization", "Bearer s3creT"),
+                ("Content-Type", "image/jpeg"),
+            ],
+            &jpeg,
+        ),
+        401,
+        "unauthorized",
+    );
     assert_eq!(s.call("GET", "/healthz", &[], &[]).status, 200);
     assert_eq!(call("POST", "/v1/embed", "image/jpeg", &jpeg).status, 200);
     // 400: not an image, truncated image, bad JSON, bad base64.
-    let r = expect(call("POST", "/v1/embed", "image/jpeg", b"definitely not an image"), 400, "bad_image");
-    assert!(r.json()["error"]["message"].as_str().expect("msg").starts_with("image 0"));
-    expect(call("POST", "/v1/classify", "image/jpeg", &jpeg[..jpeg.len() / 2]), 400, "bad_image");
-    expect(call("POST", "/v1/embed", "application/json", b"{\"images\": ["), 400, "bad_request");
-    expect(call("POST", "/v1/embed", "application/json", b"{\"images\": [\"%%%\"]}"), 400, "bad_request");
+    let r = expect(
+        call(
+            "POST",
+            "/v1/embed",
+            "image/jpeg",
+            b"definitely not an image",
+        ),
+        400,
+        "bad_image",
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .starts_with("image 0"));
+    expect(
+        call(
+            "POST",
+            "/v1/classify",
+            "image/jpeg",
+            &jpeg[..jpeg.len() / 2],
+        ),
+        400,
+        "bad_image",
+    );
+    expect(
+        call("POST", "/v1/embed", "application/json", b"{\"images\": ["),
+        400,
+        "bad_request",
+    );
+    expect(
+        call(
+            "POST",
+            "/v1/embed",
+            "application/json",
+            b"{\"images\": [\"%%%\"]}",
+        ),
+        400,
+        "bad_request",
+    );
     // 404: unknown route, unknown gallery id. 405: wrong method.
     expect(call("GET", "/v2/nothing", "", b""), 404, "not_found");
-    expect(call("DELETE", "/v1/gallery/no-such-id", "", b""), 404, "not_found");
+    expect(
+        call("DELETE", "/v1/gallery/no-such-id", "", b""),
+        404,
+        "not_found",
+    );
     expect(call("GET", "/v1/embed", "", b""), 405, "method_not_allowed");
     // 413: body over the limit, too many images, too many pixels (checked before decoding).
-    expect(call("POST", "/v1/embed", "image/jpeg", &vec![0u8; 300_000]), 413, "too_large");
-    let (body, ct) = multipart(&[("images", Some("a.jpg"), &jpeg), ("images", Some("b.jpg"), &jpeg), ("images", Some("c.jpg"), &jpeg)]);
+    expect(
+        call("POST", "/v1/embed", "image/jpeg", &vec![0u8; 300_000]),
+        413,
+        "too_large",
+    );
+    let (body, ct) = multipart(&[
+        ("images", Some("a.jpg"), &jpeg),
+        ("images", Some("b.jpg"), &jpeg),
+        ("images", Some("c.jpg"), &jpeg),
+    ]);
     expect(call("POST", "/v1/embed", &ct, &body), 413, "too_large");
-    let r = expect(call("POST", "/v1/embed", "image/png", &png_header(30_000, 30_000)), 413, "too_large");
+    let r = expect(
+        call(
+            "POST",
+            "/v1/embed",
+            "image/png",
+            &png_header(30_000, 30_000),
+        ),
+        413,
+        "too_large",
+    );
     assert!(r.text().contains("30000"), "{}", r.text());
     // 415: a content type the API does not take.
-    expect(call("POST", "/v1/embed", "text/plain", b"hello"), 415, "unsupported_media_type");
+    expect(
+        call("POST", "/v1/embed", "text/plain", b"hello"),
+        415,
+        "unsupported_media_type",
+    );
     // 422: out-of-range or unknown parameters, wrong vector length, no images.
-    expect(call("POST", "/v1/classify?top_k=0", "image/jpeg", &jpeg), 422, "unprocessable");
-    expect(call("POST", "/v1/search?k=100000", "image/jpeg", &jpeg), 422, "unprocessable");
-    expect(call("POST", "/v1/search?colour=red", "image/jpeg", &jpeg), 422, "unprocessable");
-    expect(call("POST", "/v1/search", "application/json", br#"{"vectors": [[1.0, 2.0]]}"#), 422, "unprocessable");
-    expect(call("POST", "/v1/embed", "application/json", br#"{"images": []}"#), 422, "unprocessable");
-    expect(call("POST", "/v1/gallery", "image/jpeg", &jpeg), 422, "unprocessable");
+    expect(
+        call("POST", "/v1/classify?top_k=0", "image/jpeg", &jpeg),
+        422,
+        "unprocessable",
+    );
+    expect(
+        call("POST", "/v1/search?k=100000", "image/jpeg", &jpeg),
+        422,
+        "unprocessable",
+    );
+    expect(
+        call("POST", "/v1/search?colour=red", "image/jpeg", &jpeg),
+        422,
+        "unprocessable",
+    );
+    expect(
+        call(
+            "POST",
+            "/v1/search",
+            "application/json",
+            br#"{"vectors": [[1.0, 2.0]]}"#,
+        ),
+        422,
+        "unprocessable",
+    );
+    expect(
+        call(
+            "POST",
+            "/v1/embed",
+            "application/json",
+            br#"{"images": []}"#,
+        ),
+        422,
+        "unprocessable",
+    );
+    expect(
+        call("POST", "/v1/gallery", "image/jpeg", &jpeg),
+        422,
+        "unprocessable",
+    );
     // CORS: the configured origin is allowed, others are not.
-    let r = s.call("GET", "/healthz", &[("Origin", "https://dogs.example")], &[]);
-    assert_eq!(r.header("access-control-allow-origin"), Some("https://dogs.example"));
-    let r = s.call("GET", "/healthz", &[("Origin", "https://evil.example")], &[]);
+    let r = s.call(
+        "GET",
+        "/healthz",
+        &[("Origin", "https://dogs.example")],
+        &[],
+    );
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://dogs.example")
+    );
+    let r = s.call(
+        "GET",
+        "/healthz",
+        &[("Origin", "https://evil.example")],
+        &[],
+    );
     assert!(r.header("access-control-allow-origin").is_none());
     // The server is still healthy after all of that.
     assert_eq!(call("POST", "/v1/embed", "image/jpeg", &jpeg).status, 200);
@@ -347,11 +556,21 @@ fn a_full_queue_answers_503_with_retry_after_and_slow_requests_time_out() {
     let first = {
         let jpeg = jpeg.clone();
         std::thread::spawn(move || {
-            request(&addr, "POST", "/v1/embed", &[("Content-Type", "image/jpeg")], &jpeg).expect("request")
+            request(
+                &addr,
+                "POST",
+                "/v1/embed",
+                &[("Content-Type", "image/jpeg")],
+                &jpeg,
+            )
+            .expect("request")
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let (body, ct) = multipart(&[("images", Some("a.jpg"), &jpeg), ("images", Some("b.jpg"), &jpeg)]);
+    let (body, ct) = multipart(&[
+        ("images", Some("a.jpg"), &jpeg),
+        ("images", Some("b.jpg"), &jpeg),
+    ]);
     let r = s.call("POST", "/v1/embed", &[("Content-Type", &ct)], &body);
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(error_code(&r), "overloaded");
@@ -380,7 +599,11 @@ fn gallery_changes_survive_a_restart_and_concurrent_requests_are_batched() {
     );
     assert_eq!(r.status, 201, "{}", r.text());
     let b64 = base64::engine::general_purpose::STANDARD.encode(&b);
-    let r = s.json("POST", "/v1/gallery", &json!({"images": [b64], "ids": ["user/b"], "breeds": ["Pug"], "metadata": [{"n": 2}]}));
+    let r = s.json(
+        "POST",
+        "/v1/gallery",
+        &json!({"images": [b64], "ids": ["user/b"], "breeds": ["Pug"], "metadata": [{"n": 2}]}),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["total"], 38);
     let r = s.call("DELETE", "/v1/gallery/class_0/0", &[], &[]);
@@ -394,7 +617,15 @@ fn gallery_changes_survive_a_restart_and_concurrent_requests_are_batched() {
             let addr = addr.clone();
             let img = image_bytes(&format!("class_1/{}.jpg", i % 12));
             std::thread::spawn(move || {
-                request(&addr, "POST", "/v1/embed", &[("Content-Type", "image/jpeg")], &img).expect("request").status
+                request(
+                    &addr,
+                    "POST",
+                    "/v1/embed",
+                    &[("Content-Type", "image/jpeg")],
+                    &img,
+                )
+                .expect("request")
+                .status
             })
         })
         .collect();
@@ -409,8 +640,14 @@ fn gallery_changes_survive_a_restart_and_concurrent_requests_are_batched() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
     };
-    let (sum, count) = (value("simsiam_batch_size_sum "), value("simsiam_batch_size_count "));
-    assert!(sum > count, "no model run held more than one image: sum {sum}, runs {count}");
+    let (sum, count) = (
+        value("simsiam_batch_size_sum "),
+        value("simsiam_batch_size_count "),
+    );
+    assert!(
+        sum > count,
+        "no model run held more than one image: sum {sum}, runs {count}"
+    );
     assert!(value("simsiam_batch_size_bucket{le=\"1\"} ") < count);
 
     // Graceful stop flushes; a new process sees the same gallery.
@@ -420,14 +657,29 @@ fn gallery_changes_survive_a_restart_and_concurrent_requests_are_batched() {
     let counts = s.call("GET", "/v1/gallery", &[], &[]).json();
     assert_eq!(counts["total"], 37);
     assert_eq!(counts["by_breed"]["Pug"], 2);
-    let r = s.json("POST", "/v1/search", &json!({"images": [b64], "k": 1, "breed": "Pug"}));
+    let r = s.json(
+        "POST",
+        "/v1/search",
+        &json!({"images": [b64], "k": 1, "breed": "Pug"}),
+    );
     let hit = r.json()["results"][0]["neighbors"][0].clone();
     assert_eq!(hit["id"], "user/b");
     assert_eq!(hit["metadata"]["n"], 2);
     let r = s.raw("/v1/search?k=36", &image_bytes("class_0/0.jpg"));
-    let ids: Vec<Value> = r.json()["results"][0]["neighbors"].as_array().expect("hits").iter().map(|h| h["id"].clone()).collect();
-    assert!(!ids.contains(&json!("class_0/0")), "a deleted entry came back");
-    assert_eq!(s.call("DELETE", "/v1/gallery/class_0/0", &[], &[]).status, 404);
+    let ids: Vec<Value> = r.json()["results"][0]["neighbors"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| h["id"].clone())
+        .collect();
+    assert!(
+        !ids.contains(&json!("class_0/0")),
+        "a deleted entry came back"
+    );
+    assert_eq!(
+        s.call("DELETE", "/v1/gallery/class_0/0", &[], &[]).status,
+        404
+    );
 }
 
 #[test]
@@ -436,7 +688,9 @@ fn start_up_failures_end_with_one_clear_message() {
     let dir = tempfile::tempdir().expect("tmp");
     let run = |args: &[&str], envs: &[(&str, &str)]| {
         let mut cmd = Command::new(SERVER);
-        cmd.args(args).arg("--gallery-dir").arg(dir.path().join("g"));
+        cmd.args(args)
+            .arg("--gallery-dir")
+            .arg(dir.path().join("g"));
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -445,7 +699,10 @@ fn start_up_failures_end_with_one_clear_message() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = run(&["--model", "/no/such/bundle"], &[]);
-    assert!(err.contains("/no/such/bundle") && err.contains("manifest.json"), "{err}");
+    assert!(
+        err.contains("/no/such/bundle") && err.contains("manifest.json"),
+        "{err}"
+    );
     // A corrupt bundle: one flipped byte in the encoder.
     let bad = dir.path().join("bad-bundle");
     std::fs::create_dir_all(&bad).expect("mkdir");
@@ -458,26 +715,40 @@ fn start_up_failures_end_with_one_clear_message() {
     bytes[100] ^= 0xff;
     std::fs::write(&onnx, bytes).expect("write");
     let err = run(&["--model", bad.to_str().expect("utf8")], &[]);
-    assert!(err.contains("encoder.onnx") && err.contains("sha256"), "{err}");
+    assert!(
+        err.contains("encoder.onnx") && err.contains("sha256"),
+        "{err}"
+    );
     let model = f.bundle.to_str().expect("utf8");
-    let err = run(&["--model", model], &[("SIMSIAM_SERVER_BATCHING__MAX_BATCH", "0")]);
+    let err = run(
+        &["--model", model],
+        &[("SIMSIAM_SERVER_BATCHING__MAX_BATCH", "0")],
+    );
     assert!(err.contains("batching.max_batch"), "{err}");
     let err = run(&["--model", model], &[("SIMSIAM_SERVER_HTTP__PROT", "1")]);
     assert!(err.contains("prot"), "{err}");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port().to_string();
     let err = run(&["--model", model, "--port", &port], &[]);
-    assert!(err.contains("cannot listen on") && err.contains(&port), "{err}");
+    assert!(
+        err.contains("cannot listen on") && err.contains(&port),
+        "{err}"
+    );
 }
 
 #[test]
 fn the_server_binary_does_not_link_libtorch() {
-    let out = Command::new("readelf").args(["-d", SERVER]).output().expect("readelf (binutils) is needed");
+    let out = Command::new("readelf")
+        .args(["-d", SERVER])
+        .output()
+        .expect("readelf (binutils) is needed");
     let text = String::from_utf8_lossy(&out.stdout);
     let needed: Vec<&str> = text.lines().filter(|l| l.contains("(NEEDED)")).collect();
     assert!(!needed.is_empty(), "{text}");
     assert!(
-        needed.iter().all(|l| !l.contains("libtorch") && !l.contains("libc10")),
+        needed
+            .iter()
+            .all(|l| !l.contains("libtorch") && !l.contains("libc10")),
         "{needed:#?}"
     );
 }

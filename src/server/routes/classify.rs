@@ -40,7 +40,11 @@ struct Response {
     results: Vec<Result_>,
 }
 
-async fn classify(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn classify(
+    state: State,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
         let input = input::read(&req, body, &state.cfg.limits).await?;
         input.require_images(&state.cfg.limits)?;

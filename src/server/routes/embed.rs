@@ -21,7 +21,11 @@ struct Response {
     embeddings: Vec<Vec<f32>>,
 }
 
-async fn embed(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn embed(
+    state: State,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
         let input = input::read(&req, body, &state.cfg.limits).await?;
         input.require_images(&state.cfg.limits)?;

@@ -28,7 +28,13 @@ const MAX_ID: usize = 256;
 struct Params {
     #[serde(alias = "id", deserialize_with = "one_or_many")]
     ids: Vec<String>,
-    #[serde(default, alias = "breed", alias = "label", alias = "labels", deserialize_with = "one_or_many")]
+    #[serde(
+        default,
+        alias = "breed",
+        alias = "label",
+        alias = "labels",
+        deserialize_with = "one_or_many"
+    )]
     breeds: Vec<String>,
     #[serde(default, alias = "source", deserialize_with = "one_or_many")]
     sources: Vec<String>,
@@ -57,7 +63,8 @@ async fn add(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpR
         let total = web::block(move || {
             let mut g = st.gallery_write();
             for (item, v) in items.into_iter().zip(vectors.chunks(dim)) {
-                g.upsert(item, v).map_err(|e| ApiError::Internal(e.to_string()))?;
+                g.upsert(item, v)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
             }
             st.save_gallery(&g)?;
             Ok::<_, ApiError>(g.len())
@@ -77,22 +84,36 @@ async fn add(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpR
 fn items(p: Params, n: usize) -> Result<Vec<Item>, ApiError> {
     let list = |name: &str, len: usize| {
         if len != 0 && len != n {
-            Err(ApiError::Unprocessable(format!("{len} {name} for {n} images")))
+            Err(ApiError::Unprocessable(format!(
+                "{len} {name} for {n} images"
+            )))
         } else {
             Ok(())
         }
     };
     if p.ids.len() != n {
-        return Err(ApiError::Unprocessable(format!("{} ids for {n} images: give one id per image", p.ids.len())));
+        return Err(ApiError::Unprocessable(format!(
+            "{} ids for {n} images: give one id per image",
+            p.ids.len()
+        )));
     }
     list("breeds", p.breeds.len())?;
     list("sources", p.sources.len())?;
     let metadata: Vec<Value> = match p.metadata {
         Value::Array(per_image) if per_image.len() == n => per_image,
-        Value::Array(v) => return Err(ApiError::Unprocessable(format!("{} metadata entries for {n} images", v.len()))),
+        Value::Array(v) => {
+            return Err(ApiError::Unprocessable(format!(
+                "{} metadata entries for {n} images",
+                v.len()
+            )))
+        }
         Value::Null => vec![Value::Null; n],
         Value::Object(o) => vec![Value::Object(o); n],
-        _ => return Err(ApiError::Unprocessable("`metadata` must be an object or an array of objects".into())),
+        _ => {
+            return Err(ApiError::Unprocessable(
+                "`metadata` must be an object or an array of objects".into(),
+            ))
+        }
     };
     let mut seen = std::collections::HashSet::new();
     for id in &p.ids {
@@ -102,7 +123,9 @@ fn items(p: Params, n: usize) -> Result<Vec<Item>, ApiError> {
             )));
         }
         if !seen.insert(id) {
-            return Err(ApiError::Unprocessable(format!("id {id:?} appears twice in one request")));
+            return Err(ApiError::Unprocessable(format!(
+                "id {id:?} appears twice in one request"
+            )));
         }
     }
     Ok(p.ids
@@ -131,7 +154,9 @@ async fn remove(state: State, id: web::Path<String>) -> Result<HttpResponse, Api
         let removed = web::block(move || {
             let mut g = st.gallery_write();
             if !g.remove(&id) {
-                return Err(ApiError::NotFound(format!("no gallery entry with id {id:?}")));
+                return Err(ApiError::NotFound(format!(
+                    "no gallery entry with id {id:?}"
+                )));
             }
             st.save_gallery(&g)?;
             Ok(Removed {

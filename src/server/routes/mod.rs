@@ -39,7 +39,9 @@ pub async fn within_timeout<T>(
 pub fn check_k(name: &str, k: usize, state: &AppState) -> Result<usize, ApiError> {
     let max = state.cfg.limits.max_k;
     if k == 0 || k > max {
-        return Err(ApiError::Unprocessable(format!("`{name}` must be between 1 and {max}, got {k}")));
+        return Err(ApiError::Unprocessable(format!(
+            "`{name}` must be between 1 and {max}, got {k}"
+        )));
     }
     Ok(k)
 }

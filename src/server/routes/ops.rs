@@ -49,7 +49,9 @@ async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
         .map_err(|e| unavailable(format!("model: {e}")))?;
     let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
     if embedding.len() != state.batcher.dim() || (norm - 1.0).abs() > 1e-3 {
-        return Err(unavailable(format!("model returned a vector of norm {norm}")));
+        return Err(unavailable(format!(
+            "model returned a vector of norm {norm}"
+        )));
     }
     let top = state
         .probe

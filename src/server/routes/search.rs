@@ -39,7 +39,11 @@ struct Response {
     results: Vec<Neighbours>,
 }
 
-async fn search(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
+async fn search(
+    state: State,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
         let input = input::read(&req, body, &state.cfg.limits).await?;
         let p: Params = input.params()?;
@@ -47,7 +51,9 @@ async fn search(state: State, req: HttpRequest, body: web::Payload) -> Result<Ht
         let dim = state.batcher.dim();
         let queries: Vec<f32> = match (p.vectors, input.images.is_empty()) {
             (Some(_), false) => {
-                return Err(ApiError::Unprocessable("send either `images` or `vectors`, not both".into()))
+                return Err(ApiError::Unprocessable(
+                    "send either `images` or `vectors`, not both".into(),
+                ))
             }
             (Some(vectors), true) => query_vectors(vectors, dim, state.cfg.limits.max_images)?,
             (None, _) => {
@@ -87,7 +93,10 @@ fn query_vectors(vectors: Vec<Vec<f32>>, dim: usize, max: usize) -> Result<Vec<f
         return Err(ApiError::Unprocessable("`vectors` is empty".into()));
     }
     if vectors.len() > max {
-        return Err(ApiError::TooLarge(format!("{} vectors in one request; the limit is {max}", vectors.len())));
+        return Err(ApiError::TooLarge(format!(
+            "{} vectors in one request; the limit is {max}",
+            vectors.len()
+        )));
     }
     let mut out = Vec::with_capacity(vectors.len() * dim);
     for (i, v) in vectors.into_iter().enumerate() {
@@ -99,7 +108,9 @@ fn query_vectors(vectors: Vec<Vec<f32>>, dim: usize, max: usize) -> Result<Vec<f
         }
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         if !norm.is_finite() || norm == 0.0 {
-            return Err(ApiError::Unprocessable(format!("vector {i} has no direction (zero or not finite)")));
+            return Err(ApiError::Unprocessable(format!(
+                "vector {i} has no direction (zero or not finite)"
+            )));
         }
         out.extend(v.iter().map(|x| x / norm));
     }
