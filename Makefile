@@ -1,12 +1,25 @@
-# The two commands of the README: `make test` (set up, build, run all tests) and, with the
-# server, `make serve`. Everything native is installed into the project folder by setup.
-.PHONY: setup build test lint bench-train bench-reference clean
+# The two commands of the README: `make serve` (set up, build and start the server on the
+# default model) and `make test` (set up, build, run all tests). Everything native is
+# installed into the project folder by setup.
+.PHONY: serve setup setup-runtime build test lint bench-train bench-server bench-reference clean
 
 CARGO ?= cargo
 DATA ?= ../shared/data/stanford-dogs
 
+HOST ?= 127.0.0.1
+PORT ?= 8080
+MODEL ?= models/default
+
+# The server alone needs ONNX Runtime only, and is built without the libtorch feature.
+serve: setup-runtime
+	$(CARGO) build --release --no-default-features --features serve --bin server
+	./target/release/server --model $(MODEL) --host $(HOST) --port $(PORT)
+
 setup:
 	@bash scripts/setup.sh
+
+setup-runtime:
+	@bash scripts/setup.sh runtime
 
 build: setup
 	$(CARGO) build --release
@@ -22,6 +35,11 @@ lint: setup
 # Throughput of the data pipeline, compute-only and end-to-end training (10 breeds, 64 px).
 bench-train: build
 	./target/release/trainer bench --config config/bench-10breeds.toml --data $(DATA) --steps 15
+
+# Server images/s and latency at concurrency 1, 8, 32 beside a bare ONNX Runtime session.
+bench-server: setup-runtime
+	$(CARGO) build --release --no-default-features --features serve --bin server --bin server-bench
+	./target/release/server-bench --model $(MODEL)
 
 # The plain PyTorch baseline of the same recipe (separate venv, see bench/reference/README.md).
 bench-reference:

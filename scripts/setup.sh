@@ -7,6 +7,9 @@
 #
 # Default: the slim CPU-only route (torch without its CUDA dependencies, ~1.3 GB).
 # SIMSIAM_CUDA=1: the full CUDA route (torch with all nvidia-* packages, onnxruntime-gpu).
+#
+# `scripts/setup.sh runtime` installs only what the server needs (ONNX Runtime, ~16 MB):
+# `make serve` uses it, so starting the server never downloads libtorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +26,15 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -e .libtorch/lib/libtorch_c
   say "native dependencies present ($WANT)"
   exit 0
 fi
+RUNTIME_ONLY=0
+if [[ "${1:-}" == "runtime" && "$CUDA" != "1" ]]; then
+  RUNTIME_ONLY=1
+  RT_STAMP=".venv/.simsiam-runtime"
+  if [[ -f "$RT_STAMP" && "$(cat "$RT_STAMP")" == "ort=$ORT_VERSION" && -e .onnxruntime/libonnxruntime.so ]]; then
+    say "ONNX Runtime present (ort=$ORT_VERSION)"
+    exit 0
+  fi
+fi
 
 if [[ -x .venv/bin/python ]] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   say "removing an incomplete .venv (no pip: an earlier setup was interrupted)"
@@ -34,7 +46,10 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check --no-input -q)
 
-if [[ "$CUDA" == "1" ]]; then
+if [[ "$RUNTIME_ONLY" == "1" ]]; then
+  say "installing onnxruntime==$ORT_VERSION (server only; \`make setup\` adds libtorch)"
+  "${PIP[@]}" --no-deps "onnxruntime==$ORT_VERSION"
+elif [[ "$CUDA" == "1" ]]; then
   say "installing torch==$TORCH_VERSION with CUDA libraries (full route, ~4.7 GB)"
   "${PIP[@]}" "torch==$TORCH_VERSION"
   say "installing onnxruntime-gpu==$ORT_VERSION"
@@ -49,9 +64,11 @@ else
 fi
 
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-[[ -e "$SITE/torch/lib/libtorch_cpu.so" ]] || { echo "setup: $SITE/torch/lib/libtorch_cpu.so missing after install" >&2; exit 1; }
-ln -sfn "$SITE/torch" .libtorch
-say "libtorch: .libtorch -> $SITE/torch"
+if [[ "$RUNTIME_ONLY" != "1" ]]; then
+  [[ -e "$SITE/torch/lib/libtorch_cpu.so" ]] || { echo "setup: $SITE/torch/lib/libtorch_cpu.so missing after install" >&2; exit 1; }
+  ln -sfn "$SITE/torch" .libtorch
+  say "libtorch: .libtorch -> $SITE/torch"
+fi
 
 ORT_LIB=$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n 1 || true)
 [[ -n "$ORT_LIB" ]] || { echo "setup: no libonnxruntime.so.* under $SITE/onnxruntime/capi" >&2; exit 1; }
@@ -59,5 +76,10 @@ mkdir -p .onnxruntime
 ln -sfn "$ORT_LIB" .onnxruntime/libonnxruntime.so
 say "onnxruntime: .onnxruntime/libonnxruntime.so -> $ORT_LIB"
 
-echo "$WANT" > "$STAMP"
+if [[ "$RUNTIME_ONLY" == "1" ]]; then
+  echo "ort=$ORT_VERSION" > "$RT_STAMP"
+else
+  echo "$WANT" > "$STAMP"
+  echo "ort=$ORT_VERSION" > .venv/.simsiam-runtime
+fi
 say "done"

@@ -2,7 +2,7 @@
 //! metrics, and the request pipeline (decode → preprocess → encoder) they all use.
 
 use crate::bundle::{Bundle, Manifest};
-use crate::data::{class_display_name, decode::decode_bytes};
+use crate::data::{class_display_name, decode::decode_bytes_min_side};
 use crate::preprocess::EvalTransform;
 use crate::probe::LinearProbe;
 use crate::server::batcher::Batcher;
@@ -156,15 +156,18 @@ pub fn preprocess(
         .enumerate()
         .try_for_each(|(index, (slot, bytes))| {
             let t = Instant::now();
-            let img = decode_bytes(bytes, Some(max_pixels)).map_err(|e| match e {
-                crate::data::decode::DecodeError::TooLarge { .. } => {
-                    ApiError::TooLarge(format!("image {index}: {e}"))
-                }
-                other => ApiError::BadImage {
-                    index,
-                    message: other.to_string(),
-                },
-            })?;
+            let img =
+                decode_bytes_min_side(bytes, Some(max_pixels), transform.resize).map_err(|e| {
+                    match e {
+                        crate::data::decode::DecodeError::TooLarge { .. } => {
+                            ApiError::TooLarge(format!("image {index}: {e}"))
+                        }
+                        other => ApiError::BadImage {
+                            index,
+                            message: other.to_string(),
+                        },
+                    }
+                })?;
             metrics.record_stage(Stage::Decode, t.elapsed());
             let t = Instant::now();
             transform.apply(&img, slot);

@@ -144,7 +144,9 @@ pub fn embed_files(
         .iter()
         .map(|f| {
             let bytes = std::fs::read(f).map_err(TrainError::io(f))?;
-            data::decode::decode_bytes(&bytes, None).map_err(|e| bad(f, e.to_string()))
+            let t = super::pretrain::eval_transform(cfg);
+            data::decode::decode_bytes_min_side(&bytes, None, t.resize)
+                .map_err(|e| bad(f, e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let t = super::pretrain::eval_transform(cfg);

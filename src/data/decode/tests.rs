@@ -355,3 +355,55 @@ fn jpeg_cut_mid_scan_is_refused_but_trailing_bytes_are_fine() {
         Err(DecodeError::Corrupt(_))
     ));
 }
+
+/// A smooth 600×400 photo-like JPEG (gradients and a soft disc).
+fn big_photo() -> Vec<u8> {
+    let img = RgbImage::from_fn(600, 400, |x, y| {
+        let d = ((x as f32 - 300.0).powi(2) + (y as f32 - 200.0).powi(2)).sqrt();
+        let disc = if d < 120.0 { 180 } else { 40 };
+        Rgb([(x * 255 / 600) as u8, (y * 255 / 400) as u8, disc])
+    });
+    jpeg_bytes(img)
+}
+
+#[test]
+fn large_jpegs_decode_at_a_reduced_scale_that_still_covers_the_resize() {
+    let bytes = big_photo();
+    let full = decode_bytes(&bytes, None).unwrap();
+    let small = decode_bytes_min_side(&bytes, None, 80).unwrap();
+    assert_eq!(full.dimensions(), (600, 400));
+    // 1/4 scale: 150×100, the smallest DCT scale with a shorter side ≥ 80.
+    assert_eq!(small.dimensions(), (150, 100));
+    // After the model's resize both paths give nearly the same pixels.
+    let a = crate::preprocess::resize_shorter(&full, 80);
+    let b = crate::preprocess::resize_shorter(&small, 80);
+    assert_eq!(a.dimensions(), b.dimensions());
+    let mean_diff = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (*x as f32 - *y as f32).abs())
+        .sum::<f32>()
+        / a.as_raw().len() as f32;
+    assert!(mean_diff < 3.0, "mean |diff| {mean_diff} of 255");
+    // Small images, PNGs and the checks are those of decode_bytes.
+    assert_eq!(
+        decode_bytes_min_side(&bytes, None, 300)
+            .unwrap()
+            .dimensions(),
+        (600, 400)
+    );
+    let png = png_bytes(quadrant_pattern());
+    assert_eq!(
+        decode_bytes_min_side(&png, None, 4).unwrap(),
+        quadrant_pattern()
+    );
+    assert!(matches!(
+        decode_bytes_min_side(&bytes, Some(1000), 80),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        decode_bytes_min_side(&bytes[..bytes.len() / 2], None, 80),
+        Err(DecodeError::Corrupt(_))
+    ));
+}
