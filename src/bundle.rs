@@ -100,6 +100,11 @@ pub struct TrainingSummary {
     pub probe_top5: Option<f64>,
     pub random_init_knn_top1: Option<f64>,
     pub random_init_probe_top1: Option<f64>,
+    /// Absent from bundles written before these figures were recorded.
+    #[serde(default)]
+    pub random_init_knn_top5: Option<f64>,
+    #[serde(default)]
+    pub random_init_probe_top5: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -221,6 +221,28 @@ pub struct TrainConfig {
 /// A value set from the command line, by its dotted key (`optim.epochs`).
 pub type Override = (&'static str, config::Value);
 
+/// `defaults` ← `file` (or `default_file` when present) ← `env` ← `overrides`
+/// (command-line flags), deserialised; a named file that does not exist is an error.
+pub fn layered<T: Serialize + serde::de::DeserializeOwned>(
+    defaults: &T,
+    file: Option<&Path>,
+    default_file: &str,
+    env: config::Environment,
+    overrides: Vec<Override>,
+) -> Result<T, ConfigError> {
+    let mut b = config::Config::builder().add_source(config::Config::try_from(defaults)?);
+    match file {
+        Some(f) if !f.exists() => return Err(ConfigError::MissingFile(f.to_path_buf())),
+        Some(f) => b = b.add_source(config::File::from(f)),
+        None => b = b.add_source(config::File::with_name(default_file).required(false)),
+    }
+    b = b.add_source(env);
+    for (key, value) in overrides {
+        b = b.set_override(key, value)?;
+    }
+    Ok(b.build()?.try_deserialize()?)
+}
+
 /// The trainer's `SIMSIAM_*` environment variables: all of them except the server's
 /// `SIMSIAM_SERVER_*`, which would otherwise read as unknown trainer keys.
 fn trainer_env() -> config::Map<String, String> {
@@ -233,26 +255,18 @@ impl TrainConfig {
     /// Layers the defaults, the file (if any), `SIMSIAM_*` variables and `overrides`,
     /// then validates. `file = None` reads `config/trainer.toml` when it exists.
     pub fn load(file: Option<&Path>, overrides: Vec<Override>) -> Result<Self, ConfigError> {
-        let defaults = config::Config::try_from(&TrainConfig::default())?;
-        let mut b = config::Config::builder().add_source(defaults);
-        match file {
-            Some(f) if !f.exists() => return Err(ConfigError::MissingFile(f.to_path_buf())),
-            Some(f) => b = b.add_source(config::File::from(f)),
-            None => {
-                b = b.add_source(config::File::with_name("config/trainer.toml").required(false))
-            }
-        }
-        b = b.add_source(
-            config::Environment::with_prefix("SIMSIAM")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(trainer_env())),
-        );
-        for (key, value) in overrides {
-            b = b.set_override(key, value)?;
-        }
-        let cfg: TrainConfig = b.build()?.try_deserialize()?;
+        let env = config::Environment::with_prefix("SIMSIAM")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(trainer_env()));
+        let cfg: TrainConfig = layered(
+            &TrainConfig::default(),
+            file,
+            "config/trainer.toml",
+            env,
+            overrides,
+        )?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -70,15 +70,7 @@ pub fn decode_bytes(bytes: &[u8], max_pixels: Option<u64>) -> Result<RgbImage, D
     reader.no_limits();
     let mut decoder = reader.into_decoder()?;
     let (width, height) = decoder.dimensions();
-    if let Some(max_pixels) = max_pixels {
-        if u64::from(width) * u64::from(height) > max_pixels {
-            return Err(DecodeError::TooLarge {
-                width,
-                height,
-                max_pixels,
-            });
-        }
-    }
+    check_pixels(width, height, max_pixels)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(DecodeError::Corrupt(
             "truncated JPEG: no end-of-image marker after the image data".into(),
@@ -90,10 +82,28 @@ pub fn decode_bytes(bytes: &[u8], max_pixels: Option<u64>) -> Result<RgbImage, D
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder)?;
     img.apply_orientation(orientation);
-    Ok(match img {
+    Ok(into_rgb8(img))
+}
+
+/// Refuses images whose header claims more than `max_pixels`, before any pixel is decoded.
+fn check_pixels(width: u32, height: u32, max_pixels: Option<u64>) -> Result<(), DecodeError> {
+    match max_pixels {
+        Some(max_pixels) if u64::from(width) * u64::from(height) > max_pixels => {
+            Err(DecodeError::TooLarge {
+                width,
+                height,
+                max_pixels,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn into_rgb8(img: DynamicImage) -> RgbImage {
+    match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
-    })
+    }
 }
 
 /// [`decode_bytes`] for a consumer that will shrink the image to a shorter side of
@@ -121,15 +131,7 @@ pub fn decode_bytes_min_side(
     if short < 2 * min_side {
         return decode_bytes(bytes, max_pixels);
     }
-    if let Some(max_pixels) = max_pixels {
-        if u64::from(width) * u64::from(height) > max_pixels {
-            return Err(DecodeError::TooLarge {
-                width,
-                height,
-                max_pixels,
-            });
-        }
-    }
+    check_pixels(width, height, max_pixels)?;
     if !jpeg_is_complete(bytes) {
         return Err(DecodeError::Corrupt(
             "truncated JPEG: no end-of-image marker after the image data".into(),
@@ -162,10 +164,7 @@ pub fn decode_bytes_min_side(
     .ok_or_else(|| DecodeError::Corrupt("JPEG decoder returned a short buffer".into()))?;
     let mut img = DynamicImage::ImageRgb8(rgb);
     img.apply_orientation(orientation);
-    Ok(match img {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => other.to_rgb8(),
-    })
+    Ok(into_rgb8(img))
 }
 
 /// Whether the JPEG's marker structure reaches an end-of-image marker (FF D9).

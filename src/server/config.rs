@@ -178,25 +178,19 @@ impl ServerConfig {
     /// Defaults ← file (`config/server.toml` when present, or `file`, which must exist)
     /// ← environment ← `overrides` (command-line flags), then [`Self::validate`].
     pub fn load(file: Option<&Path>, overrides: Vec<Override>) -> Result<Self, ConfigError> {
-        let defaults = config::Config::try_from(&ServerConfig::default())?;
-        let mut b = config::Config::builder().add_source(defaults);
-        match file {
-            Some(f) if !f.exists() => return Err(ConfigError::MissingFile(f.to_path_buf())),
-            Some(f) => b = b.add_source(config::File::from(f)),
-            None => b = b.add_source(config::File::with_name("config/server.toml").required(false)),
-        }
-        b = b.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("_")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("cors.allowed_origins")
-                .try_parsing(true),
-        );
-        for (key, value) in overrides {
-            b = b.set_override(key, value)?;
-        }
-        let cfg: ServerConfig = b.build()?.try_deserialize()?;
+        let env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("cors.allowed_origins")
+            .try_parsing(true);
+        let cfg: ServerConfig = crate::config::layered(
+            &ServerConfig::default(),
+            file,
+            "config/server.toml",
+            env,
+            overrides,
+        )?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -32,6 +32,15 @@ pub enum ActiveProvider {
     Cuda,
 }
 
+impl std::fmt::Display for ActiveProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActiveProvider::Cpu => "CPU",
+            ActiveProvider::Cuda => "CUDA",
+        })
+    }
+}
+
 impl OrtEncoder {
     /// Builds a session with the configured provider. `Auto` tries CUDA only when the loaded
     /// ONNX Runtime was built with it, and falls back to CPU with a log line saying why;

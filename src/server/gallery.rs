@@ -71,6 +71,21 @@ impl Distance<f32> for UnitCosine {
     }
 }
 
+/// Breed names match ignoring case and `_` versus space (`Japanese_spaniel` = `japanese spaniel`).
+fn same_breed(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.chars().zip(b.chars()).all(|(x, y)| {
+            let norm = |c: char| {
+                if c == '_' {
+                    ' '
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            norm(x) == norm(y)
+        })
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -218,7 +233,13 @@ impl Gallery {
         }
         let mut scored: Vec<(usize, f32)> = match label {
             Some(l) => (0..self.items.len())
-                .filter(|&i| self.alive[i] && self.items[i].breed.as_deref() == Some(l))
+                .filter(|&i| {
+                    self.alive[i]
+                        && self.items[i]
+                            .breed
+                            .as_deref()
+                            .is_some_and(|b| same_breed(b, l))
+                })
                 .map(|i| (i, dot(query, self.row(i))))
                 .collect(),
             None => {
@@ -397,7 +418,7 @@ mod tests {
         assert_eq!(hits[0].id, "img-42");
         assert!((hits[0].score - 1.0).abs() < 1e-5);
         assert_eq!(hits[0].source.as_deref(), Some("src/42.jpg"));
-        let odd = g.search(&unit(42, 16), 10, Some("odd")).expect("search");
+        let odd = g.search(&unit(42, 16), 10, Some("ODD")).expect("search");
         assert_eq!(odd.len(), 10);
         assert!(odd.iter().all(|h| h.breed.as_deref() == Some("odd")));
         assert!(g

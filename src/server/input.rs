@@ -273,6 +273,26 @@ where
     })
 }
 
+/// Like [`one_or_many`] for text lists, also taking numbers and booleans as their text
+/// (a form field `ids=123` arrives as a number).
+pub fn strings<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let values: Vec<Value> = one_or_many(d)?;
+    values
+        .into_iter()
+        .map(|v| match v {
+            Value::String(s) => Ok(s),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            other => Err(serde::de::Error::custom(format!(
+                "expected text, found {other}"
+            ))),
+        })
+        .collect()
+}
+
 use serde::Deserialize as _;
 
 #[cfg(test)]
@@ -317,6 +337,14 @@ mod tests {
             ids: Vec<String>,
         }
         let a: P = serde_json::from_str(r#"{"ids": "x"}"#).expect("one");
+        #[derive(serde::Deserialize)]
+        struct S {
+            #[serde(deserialize_with = "strings")]
+            ids: Vec<String>,
+        }
+        let n: S = serde_json::from_str(r#"{"ids": [123, "b", true]}"#).expect("mixed");
+        assert_eq!(n.ids, vec!["123", "b", "true"]);
+        assert!(serde_json::from_str::<S>(r#"{"ids": [{}]}"#).is_err());
         let b: P = serde_json::from_str(r#"{"ids": ["x", "y"]}"#).expect("many");
         assert_eq!(a.ids, vec!["x"]);
         assert_eq!(b.ids, vec!["x", "y"]);

@@ -68,8 +68,9 @@ pub async fn serve(cfg: ServerConfig) -> Result<(), ServeError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .wrap(cors(&origins))
+            // Outermost last: metrics see everything; CORS headers reach 401s too.
             .wrap(from_fn(authorize))
+            .wrap(cors(&origins))
             .wrap(from_fn(observe))
             .configure(routes::configure)
             .default_service(web::to(|| async {

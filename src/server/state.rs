@@ -81,7 +81,7 @@ impl AppState {
             encoders.push(Box::new(enc));
         }
         log::info!(
-            "model {} ({}, {}-d embeddings, {}px input): {} session(s) on {:?}",
+            "model {} ({}, {}-d embeddings, {}px input): {} session(s) on {}",
             m.name,
             m.backbone,
             dim,

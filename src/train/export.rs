@@ -256,6 +256,8 @@ pub fn export(
         probe_top5: eval.as_ref().map(|e| e.trained.probe_top5),
         random_init_knn_top1: eval.as_ref().map(|e| e.random_init.knn_top1),
         random_init_probe_top1: eval.as_ref().map(|e| e.random_init.probe_top1),
+        random_init_knn_top5: eval.as_ref().map(|e| e.random_init.knn_top5),
+        random_init_probe_top5: eval.as_ref().map(|e| e.random_init.probe_top5),
     };
     let mut manifest = Manifest {
         format_version: 1,

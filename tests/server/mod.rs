@@ -186,7 +186,16 @@ fn every_route_answers_and_embeddings_match_the_trainer() {
             .map(Vec::len),
         Some(3)
     );
-    assert_eq!(models["models"][0]["provider"], "cpu");
+    let provider = models["models"][0]["provider"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(provider == "cpu" || provider == "cuda", "{provider}");
+    let says = format!("session(s) on {}", provider.to_uppercase());
+    assert!(
+        s.log_text().contains(&says),
+        "the log names the provider: {says}"
+    );
     let page = s.call("GET", "/", &[], &[]);
     assert!(page.text().contains("<html") && page.text().contains("/openapi.json"));
 

@@ -4,7 +4,7 @@
 use super::{within_timeout, State};
 use crate::server::error::ApiError;
 use crate::server::gallery::Item;
-use crate::server::input::{self, one_or_many};
+use crate::server::input::{self, strings};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,17 +26,17 @@ const MAX_ID: usize = 256;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
-    #[serde(alias = "id", deserialize_with = "one_or_many")]
+    #[serde(alias = "id", deserialize_with = "strings")]
     ids: Vec<String>,
     #[serde(
         default,
         alias = "breed",
         alias = "label",
         alias = "labels",
-        deserialize_with = "one_or_many"
+        deserialize_with = "strings"
     )]
     breeds: Vec<String>,
-    #[serde(default, alias = "source", deserialize_with = "one_or_many")]
+    #[serde(default, alias = "source", deserialize_with = "strings")]
     sources: Vec<String>,
     /// One object for all images, or an array with one per image.
     #[serde(default)]

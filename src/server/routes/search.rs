@@ -61,7 +61,7 @@ async fn search(
                 state.embed(input.images).await?
             }
         };
-        let breed = p.breed.map(|b| b.replace('_', " "));
+        let breed = p.breed;
         let st = state.clone();
         let results = web::block(move || {
             let t = Instant::now();
