@@ -279,7 +279,10 @@ pub fn strings<'de, D>(d: D) -> Result<Vec<String>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
-    let values: Vec<Value> = one_or_many(d)?;
+    let values = match Value::deserialize(d)? {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
     values
         .into_iter()
         .map(|v| match v {
