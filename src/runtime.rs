@@ -7,6 +7,7 @@
 //! `ort` allows per process alive for every session.
 
 use ort::environment::Environment;
+use ort::ep::ExecutionProviderDispatch;
 use ort::session::Session;
 use ort::value::TensorRef;
 use std::path::{Path, PathBuf};
@@ -127,23 +128,31 @@ fn runtime() -> Result<&'static Runtime, RuntimeError> {
     Ok(RUNTIME.get_or_init(|| Runtime { path, env }))
 }
 
-/// The process's ONNX Runtime environment (loading the library first if needed), for
-/// callers that configure their own session builder.
-pub fn environment() -> Result<&'static Environment, RuntimeError> {
-    runtime().map(|rt| &rt.env)
-}
-
 /// A CPU session for a model held in memory. `threads` sets the intra-op thread count
 /// (0 lets ONNX Runtime choose: one per physical core).
 pub fn cpu_session(model_bytes: &[u8], threads: usize) -> Result<Session, RuntimeError> {
+    session(model_bytes, threads, &[])
+}
+
+/// A session for a model held in memory on the given execution providers (none: CPU).
+/// A provider registered with `error_on_failure()` that cannot start is an error here.
+pub fn session(
+    model_bytes: &[u8],
+    threads: usize,
+    providers: &[ExecutionProviderDispatch],
+) -> Result<Session, RuntimeError> {
     let rt = runtime()?;
     // Builder errors carry the builder back (`Error<SessionBuilder>`, not Send/Sync):
     // convert them to plain `ort::Error` before `?`.
-    let session = Session::builder(&rt.env)?
+    let mut builder = Session::builder(&rt.env)?
         .with_intra_threads(threads)
-        .map_err(ort::Error::from)?
-        .commit_from_memory(model_bytes)?;
-    Ok(session)
+        .map_err(ort::Error::from)?;
+    if !providers.is_empty() {
+        builder = builder
+            .with_execution_providers(providers)
+            .map_err(ort::Error::from)?;
+    }
+    Ok(builder.commit_from_memory(model_bytes)?)
 }
 
 /// Runs a model with one float input of `shape` and returns its first output as

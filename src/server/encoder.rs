@@ -89,14 +89,11 @@ impl OrtEncoder {
 }
 
 fn cuda_session(model: &[u8], threads: usize) -> Result<Session, RuntimeError> {
-    let env = runtime::environment()?;
-    let session = Session::builder(env)?
-        .with_intra_threads(threads)
-        .map_err(ort::Error::from)?
-        .with_execution_providers([CUDA::default().build().error_on_failure()])
-        .map_err(ort::Error::from)?
-        .commit_from_memory(model)?;
-    Ok(session)
+    runtime::session(
+        model,
+        threads,
+        &[CUDA::default().build().error_on_failure()],
+    )
 }
 
 impl Encoder for OrtEncoder {

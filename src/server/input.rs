@@ -255,26 +255,8 @@ fn scalar(text: &str) -> Value {
     Value::String(text.to_string())
 }
 
-/// Accepts `"x"` or `["x", "y"]` for list parameters such as ids and breeds.
-pub fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany<T> {
-        One(T),
-        Many(Vec<T>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(x) => vec![x],
-        OneOrMany::Many(v) => v,
-    })
-}
-
-/// Like [`one_or_many`] for text lists, also taking numbers and booleans as their text
-/// (a form field `ids=123` arrives as a number).
+/// Text lists such as ids and breeds: `"x"` or `["x", "y"]`, numbers and booleans taken
+/// as their text (a form field `ids=123` arrives as a number).
 pub fn strings<'de, D>(d: D) -> Result<Vec<String>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -333,22 +315,17 @@ mod tests {
     }
 
     #[test]
-    fn one_or_many_accepts_both_shapes() {
-        #[derive(serde::Deserialize)]
-        struct P {
-            #[serde(deserialize_with = "one_or_many")]
-            ids: Vec<String>,
-        }
-        let a: P = serde_json::from_str(r#"{"ids": "x"}"#).expect("one");
+    fn text_lists_accept_one_or_many_values() {
         #[derive(serde::Deserialize)]
         struct S {
             #[serde(deserialize_with = "strings")]
             ids: Vec<String>,
         }
+        let a: S = serde_json::from_str(r#"{"ids": "x"}"#).expect("one");
         let n: S = serde_json::from_str(r#"{"ids": [123, "b", true]}"#).expect("mixed");
         assert_eq!(n.ids, vec!["123", "b", "true"]);
         assert!(serde_json::from_str::<S>(r#"{"ids": [{}]}"#).is_err());
-        let b: P = serde_json::from_str(r#"{"ids": ["x", "y"]}"#).expect("many");
+        let b: S = serde_json::from_str(r#"{"ids": ["x", "y"]}"#).expect("many");
         assert_eq!(a.ids, vec!["x"]);
         assert_eq!(b.ids, vec!["x", "y"]);
     }

@@ -45,14 +45,6 @@ impl Histogram {
         self.count += 1;
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    pub fn sum(&self) -> f64 {
-        self.sum
-    }
-
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
@@ -148,11 +140,6 @@ impl Metrics {
             .entry(stage)
             .or_insert_with(|| Histogram::new(SECONDS))
             .observe(elapsed.as_secs_f64());
-    }
-
-    /// A copy of the batch-size histogram (for tests and the benchmark).
-    pub fn batch_sizes(&self) -> Histogram {
-        lock(&self.batch_size).clone()
     }
 
     /// The whole registry in Prometheus text format.

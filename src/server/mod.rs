@@ -34,7 +34,6 @@ use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
 use config::ServerConfig;
 use error::ApiError;
 use state::{AppState, StartError};
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +185,3 @@ async fn observe(
     }
     Ok(res)
 }
-
-/// Shared by the binary and tests: the state type handlers see.
-pub type SharedState = Arc<AppState>;

@@ -35,8 +35,6 @@ pub enum StartError {
         expected: usize,
         found: usize,
     },
-    #[error("the model failed its self-test: {0}")]
-    SelfTest(String),
 }
 
 pub struct AppState {

@@ -140,16 +140,15 @@ pub fn embed_files(
     let device = session::device(cfg)?;
     let mut s = Session::new(cfg, device);
     checkpoint::load(run, tag, &mut s, false)?;
+    let t = super::pretrain::eval_transform(cfg);
     let images = files
         .iter()
         .map(|f| {
             let bytes = std::fs::read(f).map_err(TrainError::io(f))?;
-            let t = super::pretrain::eval_transform(cfg);
             data::decode::decode_bytes_min_side(&bytes, None, t.resize)
                 .map_err(|e| bad(f, e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let t = super::pretrain::eval_transform(cfg);
     let features = s.features(&images, &t, 32, "embedding")?;
     let dim = s.model.backbone.feature_dim as usize;
     Ok(features
