@@ -9,6 +9,8 @@ DATA ?= ../shared/data/stanford-dogs
 HOST ?= 127.0.0.1
 PORT ?= 8080
 MODEL ?= models/default
+# Request images of `make bench-server`; a folder without JPEGs means synthetic 500×375 photos.
+BENCH_IMAGES ?= $(DATA)/Images
 
 # The server alone needs ONNX Runtime only, and is built without the libtorch feature.
 serve: setup-runtime
@@ -39,7 +41,7 @@ bench-train: build
 # Server images/s and latency at concurrency 1, 8, 32 beside a bare ONNX Runtime session.
 bench-server: setup-runtime
 	$(CARGO) build --release --no-default-features --features serve --bin server --bin server-bench
-	./target/release/server-bench --model $(MODEL)
+	./target/release/server-bench --model $(MODEL) --images $(BENCH_IMAGES)
 
 # The plain PyTorch baseline of the same recipe (separate venv, see bench/reference/README.md).
 bench-reference:

@@ -128,10 +128,23 @@ fn runtime() -> Result<&'static Runtime, RuntimeError> {
     Ok(RUNTIME.get_or_init(|| Runtime { path, env }))
 }
 
-/// A CPU session for a model held in memory. `threads` sets the intra-op thread count
-/// (0 lets ONNX Runtime choose: one per physical core).
+/// A CPU session for a model held in memory, with ONNX Runtime's defaults otherwise.
+/// `threads` sets the intra-op thread count (0 lets ONNX Runtime choose: one per physical
+/// core).
 pub fn cpu_session(model_bytes: &[u8], threads: usize) -> Result<Session, RuntimeError> {
-    session(model_bytes, threads, &[])
+    session(model_bytes, threads, Spin::Always, &[])
+}
+
+/// How idle intra-op threads wait for work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spin {
+    /// Busy-wait, also between runs (ONNX Runtime's default): best for back-to-back runs.
+    Always,
+    /// Busy-wait while a run is on (fast hand-offs between operators), sleep when it ends,
+    /// so that idle threads do not burn cores that other work (decoding) needs.
+    DuringRuns,
+    /// Always sleep.
+    Never,
 }
 
 /// A session for a model held in memory on the given execution providers (none: CPU).
@@ -139,6 +152,7 @@ pub fn cpu_session(model_bytes: &[u8], threads: usize) -> Result<Session, Runtim
 pub fn session(
     model_bytes: &[u8],
     threads: usize,
+    spin: Spin,
     providers: &[ExecutionProviderDispatch],
 ) -> Result<Session, RuntimeError> {
     let rt = runtime()?;
@@ -146,7 +160,14 @@ pub fn session(
     // convert them to plain `ort::Error` before `?`.
     let mut builder = Session::builder(&rt.env)?
         .with_intra_threads(threads)
+        .map_err(ort::Error::from)?
+        .with_intra_op_spinning(spin != Spin::Never)
         .map_err(ort::Error::from)?;
+    if spin == Spin::DuringRuns {
+        builder = builder
+            .with_config_entry("session.force_spinning_stop", "1")
+            .map_err(ort::Error::from)?;
+    }
     if !providers.is_empty() {
         builder = builder
             .with_execution_providers(providers)

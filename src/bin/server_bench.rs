@@ -4,6 +4,11 @@
 //!
 //! Starts the real `server` binary (next to this one) on a free loopback port, so the
 //! figures include HTTP, decoding, preprocessing, batching and JSON.
+//!
+//! A shared machine's speed drifts by tens of percent within a minute, so one bare run
+//! before and one after the server compare different machines. Each level is measured in
+//! rounds instead: a bare run and a server run of the same number of images, back to back;
+//! the ratio reported is the median of the per-round ratios.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -35,59 +40,93 @@ struct Cli {
     /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     concurrency: Vec<usize>,
-    /// Requests per level (one image each).
+    /// Requests per round (one image each).
     #[arg(long, default_value_t = 640)]
     requests: usize,
+    /// Rounds per level; each pairs a server run with a bare-session run.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// The server's log filter (RUST_LOG syntax), e.g. `simsiam::server::batcher=debug`
+    /// to see every run's size and wait.
+    #[arg(long, default_value = "warn")]
+    server_log: String,
 }
 
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if cli.rounds == 0 || cli.requests == 0 {
+        bail!("--rounds and --requests must be at least 1");
+    }
     let mut overrides = Vec::new();
     if let Some(m) = &cli.model {
         overrides.push(("model.dir", m.to_string_lossy().into_owned().into()));
     }
     let cfg = ServerConfig::load(cli.config.as_deref(), overrides)?;
-    let jpegs = request_images(cli.images.as_deref(), 64)?;
+    let (jpegs, source) = request_images(cli.images.as_deref(), 64)?;
     let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64 / 1e3;
-
-    // The bare session runs before and after the server, so slow drifts of the machine
-    // (other load, clock changes) show up as a difference between the two.
-    let bare_before = bare_session(&cfg, &jpegs, cli.requests)?;
+    let bare = BareSession::new(&cfg, &jpegs)?;
     let gallery = tempfile::tempdir()?;
-    let mut server = ServerProcess::start(&cfg, cli.config.as_deref(), gallery.path())?;
-    let threads = if cfg.inference.threads == 0 {
-        "one per core".to_string()
-    } else {
-        cfg.inference.threads.to_string()
+    let mut server =
+        ServerProcess::start(&cfg, cli.config.as_deref(), gallery.path(), &cli.server_log)?;
+    let threads = match (cfg.inference.threads, bare_threads(&cfg)) {
+        (0, _) => "one per core".to_string(),
+        (t, b) => format!(
+            "{t} per session × {} sessions (bare session: {b})",
+            cfg.inference.sessions
+        ),
     };
     println!(
-        "model {}, {} request images (mean {mean_kb:.0} kB), max_batch {}, max_wait {} ms, intra-op threads {threads}",
+        "model {}, {} request images from {source} (mean {mean_kb:.0} kB), max_batch {}, max_wait {} ms, intra-op threads {threads}",
         cfg.model.dir.display(),
         jpegs.len(),
         cfg.batching.max_batch,
         cfg.batching.max_wait_ms
     );
     println!(
-        "{:>11} {:>9} {:>9} {:>9} {:>11}",
-        "concurrency", "img/s", "p50 ms", "p99 ms", "mean batch"
+        "each level: {} rounds of {} requests, each round beside a bare-session run of as many images; medians over rounds",
+        cli.rounds, cli.requests
+    );
+    println!(
+        "{:>11} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}",
+        "concurrency", "img/s", "p50 ms", "p99 ms", "mean batch", "bare img/s", "ratio"
     );
     let jpegs = Arc::new(jpegs);
-    let mut last = 0.0;
     for &c in &cli.concurrency {
         // Warm-up: connections, allocator, ONNX Runtime's first runs.
         run_level(&server.addr, &jpegs, c, c.max(8))?;
         let before = batch_stats(&server.addr)?;
-        let r = run_level(&server.addr, &jpegs, c, cli.requests)?;
+        let (mut rates, mut bare_rates, mut ratios, mut lat) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..cli.rounds {
+            // Back to back, so a slow phase of the machine hits both sides of the ratio.
+            let b = bare.rate(cli.requests)?;
+            let r = run_level(&server.addr, &jpegs, c, cli.requests)?;
+            ratios.push(r.rate / b);
+            rates.push(r.rate);
+            bare_rates.push(b);
+            lat.extend(r.latencies);
+        }
         let after = batch_stats(&server.addr)?;
         let mean_batch = (after.0 - before.0) / (after.1 - before.1).max(1.0);
+        lat.sort_by(f64::total_cmp);
+        let in_order = ratios.clone();
         println!(
-            "{c:>11} {:>9.1} {:>9.1} {:>9.1} {mean_batch:>11.1}",
-            r.rate,
-            r.p50 * 1e3,
-            r.p99 * 1e3
+            "{c:>11} {:>9.1} {:>9.1} {:>9.1} {mean_batch:>11.1} {:>11.1} {:>6.2}x",
+            median(&mut rates),
+            percentile(&lat, 0.5) * 1e3,
+            percentile(&lat, 0.99) * 1e3,
+            median(&mut bare_rates),
+            median(&mut ratios)
         );
-        last = r.rate;
+        println!(
+            "{:>11} per-round ratios: {}",
+            "",
+            in_order
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     let text = simsiam::server::client::request(&server.addr, "GET", "/metrics", &[], &[])?.text();
     let stage = |name: &str| {
@@ -109,26 +148,23 @@ fn main() -> Result<()> {
         stage("inference")
     );
     server.stop();
-
-    let bare_after = bare_session(&cfg, &jpegs, cli.requests)?;
-    let bare = (bare_before + bare_after) / 2.0;
-    println!(
-        "bare ONNX Runtime session, batch {} over pre-decoded tensors: {bare:.1} img/s (before {bare_before:.1}, after {bare_after:.1})",
-        cfg.batching.max_batch
-    );
-    if let Some(&c) = cli.concurrency.last() {
-        println!(
-            "server at concurrency {c} / bare session: {:.2}x",
-            last / bare
-        );
-    }
     Ok(())
+}
+
+/// The median of `v` (sorted in place); `v` is never empty here.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The `p` quantile of sorted `v`.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
 struct Level {
     rate: f64,
-    p50: f64,
-    p99: f64,
+    latencies: Vec<f64>,
 }
 
 /// `requests` raw-JPEG `POST /v1/embed` calls from `c` client threads.
@@ -169,12 +205,9 @@ fn run_level(addr: &str, jpegs: &Arc<Vec<Vec<u8>>>, c: usize, requests: usize) -
         );
     }
     let wall = start.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     Ok(Level {
         rate: requests as f64 / wall,
-        p50: pct(0.5),
-        p99: pct(0.99),
+        latencies: lat,
     })
 }
 
@@ -195,53 +228,82 @@ fn batch_stats(addr: &str) -> Result<(f64, f64)> {
     ))
 }
 
-/// The ceiling: the bundle's encoder in one session with the server's intra-op threads,
-/// run on full batches of already decoded and preprocessed images.
-fn bare_session(cfg: &ServerConfig, jpegs: &[Vec<u8>], images: usize) -> Result<f64> {
-    let bundle = Bundle::open(&cfg.model.dir)?;
-    let t = bundle.manifest.eval_transform();
-    let metrics = simsiam::server::metrics::Metrics::default();
-    let tensors = simsiam::server::state::preprocess(jpegs, &t, u64::MAX, &metrics)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut session =
-        simsiam::runtime::cpu_session(&bundle.encoder_bytes()?, cfg.inference.threads)?;
-    let b = cfg.batching.max_batch;
-    let per = t.tensor_len();
-    let side = t.crop as usize;
-    let mut batch = Vec::with_capacity(b * per);
-    for i in 0..b {
-        let k = i % jpegs.len();
-        batch.extend_from_slice(&tensors[k * per..(k + 1) * per]);
-    }
-    simsiam::runtime::run_f32(&mut session, &batch, [b, 3, side, side])?;
-    // Three rounds of the same work as one server level; the median damps CPU noise.
-    let runs = images.div_ceil(b);
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        let start = Instant::now();
-        for _ in 0..runs {
-            simsiam::runtime::run_f32(&mut session, &batch, [b, 3, side, side])?;
-        }
-        rates.push((runs * b) as f64 / start.elapsed().as_secs_f64());
-    }
-    rates.sort_by(f64::total_cmp);
-    Ok(rates[1])
+/// Intra-op threads of the bare session: all the server's inference threads together
+/// (`sessions × threads`), so two 1-thread sessions are compared with one 2-thread session.
+fn bare_threads(cfg: &ServerConfig) -> usize {
+    cfg.inference.threads * cfg.inference.sessions
 }
 
-/// Up to `n` JPEG files under `dir`, or generated ones.
-fn request_images(dir: Option<&Path>, n: usize) -> Result<Vec<Vec<u8>>> {
+/// The ceiling: the bundle's encoder in one session with as many intra-op threads as the
+/// server's sessions have together, ONNX Runtime's default settings otherwise, run on full batches of already decoded and
+/// preprocessed images.
+///
+/// A fresh session per measurement: an idle session's threads keep spinning for a while
+/// (ONNX Runtime's default), and would otherwise slow the server run that follows.
+struct BareSession {
+    model: Vec<u8>,
+    threads: usize,
+    batch: Vec<f32>,
+    shape: [usize; 4],
+}
+
+impl BareSession {
+    fn new(cfg: &ServerConfig, jpegs: &[Vec<u8>]) -> Result<Self> {
+        let bundle = Bundle::open(&cfg.model.dir)?;
+        let t = bundle.manifest.eval_transform();
+        let metrics = simsiam::server::metrics::Metrics::default();
+        let tensors = simsiam::server::state::preprocess(jpegs, &t, u64::MAX, &metrics)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let b = cfg.batching.max_batch;
+        let per = t.tensor_len();
+        let mut batch = Vec::with_capacity(b * per);
+        for i in 0..b {
+            let k = i % jpegs.len();
+            batch.extend_from_slice(&tensors[k * per..(k + 1) * per]);
+        }
+        let side = t.crop as usize;
+        Ok(Self {
+            model: bundle.encoder_bytes()?,
+            threads: bare_threads(cfg),
+            batch,
+            shape: [b, 3, side, side],
+        })
+    }
+
+    /// Images per second over full batches covering at least `images` images, after one
+    /// warm-up run; the session is dropped (its threads joined) before returning.
+    fn rate(&self, images: usize) -> Result<f64> {
+        let mut session = simsiam::runtime::cpu_session(&self.model, self.threads)?;
+        simsiam::runtime::run_f32(&mut session, &self.batch, self.shape)?;
+        let b = self.shape[0];
+        let runs = images.div_ceil(b);
+        let start = Instant::now();
+        for _ in 0..runs {
+            simsiam::runtime::run_f32(&mut session, &self.batch, self.shape)?;
+        }
+        Ok((runs * b) as f64 / start.elapsed().as_secs_f64())
+    }
+}
+
+/// Up to `n` JPEG files under `dir`, or generated ones; and where they came from.
+fn request_images(dir: Option<&Path>, n: usize) -> Result<(Vec<Vec<u8>>, String)> {
     let mut files = Vec::new();
     if let Some(d) = dir {
         collect_jpegs(d, &mut files, n);
     }
-    if !files.is_empty() {
+    if let (false, Some(d)) = (files.is_empty(), dir) {
         files.sort();
-        return files
+        let jpegs = files
             .iter()
             .map(|f| std::fs::read(f).with_context(|| f.display().to_string()))
-            .collect();
+            .collect::<Result<_>>()?;
+        return Ok((jpegs, d.display().to_string()));
     }
-    Ok((0..n).map(|i| synthetic_jpeg(i as u32)).collect())
+    let source = match dir {
+        Some(d) => format!("synthetic 500×375 photos (no JPEGs under {})", d.display()),
+        None => "synthetic 500×375 photos".to_string(),
+    };
+    Ok(((0..n).map(|i| synthetic_jpeg(i as u32)).collect(), source))
 }
 
 fn collect_jpegs(dir: &Path, out: &mut Vec<PathBuf>, n: usize) {
@@ -299,7 +361,7 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(cfg: &ServerConfig, config: Option<&Path>, gallery: &Path) -> Result<Self> {
+    fn start(cfg: &ServerConfig, config: Option<&Path>, gallery: &Path, log: &str) -> Result<Self> {
         let exe = std::env::current_exe()?.with_file_name("server");
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -318,7 +380,7 @@ impl ServerProcess {
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
         let mut s = Self {

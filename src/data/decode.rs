@@ -61,6 +61,12 @@ impl From<ImageError> for DecodeError {
 /// 100000×100000 pixels is refused without allocating for it. EXIF orientation is applied,
 /// so phone photos come out the way their owner saw them.
 pub fn decode_bytes(bytes: &[u8], max_pixels: Option<u64>) -> Result<RgbImage, DecodeError> {
+    let (decoder, format) = open(bytes)?;
+    finish(decoder, format, bytes, max_pixels)
+}
+
+/// A decoder over `bytes` with its headers read, and the format guessed from the content.
+fn open(bytes: &[u8]) -> Result<(impl ImageDecoder + '_, ImageFormat), DecodeError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|source| DecodeError::Io { path: None, source })?;
@@ -68,7 +74,17 @@ pub fn decode_bytes(bytes: &[u8], max_pixels: Option<u64>) -> Result<RgbImage, D
     // The crate's default allocation limit would reject big images with an opaque message
     // before we see their size; our own check below replaces it.
     reader.no_limits();
-    let mut decoder = reader.into_decoder()?;
+    Ok((reader.into_decoder()?, format))
+}
+
+/// The rest of [`decode_bytes`] once the headers are read: size and completeness checks,
+/// pixels, orientation, RGB8.
+fn finish(
+    mut decoder: impl ImageDecoder,
+    format: ImageFormat,
+    bytes: &[u8],
+    max_pixels: Option<u64>,
+) -> Result<RgbImage, DecodeError> {
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, max_pixels)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
@@ -118,18 +134,11 @@ pub fn decode_bytes_min_side(
     max_pixels: Option<u64>,
     min_side: u32,
 ) -> Result<RgbImage, DecodeError> {
-    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) || min_side == 0 {
-        return decode_bytes(bytes, max_pixels);
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|source| DecodeError::Io { path: None, source })?;
-    reader.no_limits();
-    let mut decoder = reader.into_decoder()?;
+    let (mut decoder, format) = open(bytes)?;
     let (width, height) = decoder.dimensions();
     let short = width.min(height);
-    if short < 2 * min_side {
-        return decode_bytes(bytes, max_pixels);
+    if format != ImageFormat::Jpeg || min_side == 0 || short < 2 * min_side {
+        return finish(decoder, format, bytes, max_pixels);
     }
     check_pixels(width, height, max_pixels)?;
     if !jpeg_is_complete(bytes) {

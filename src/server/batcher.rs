@@ -1,24 +1,47 @@
 //! Dynamic batching: requests from many connections share model runs.
 //!
-//! Handlers hand preprocessed images to [`Batcher::embed`] and await the answer. Each
-//! inference thread owns one [`Encoder`]; it takes the first waiting job, then keeps
-//! collecting jobs until `max_batch` images are gathered or `max_wait` has passed since
-//! the first, runs the model once (in chunks of `max_batch`) and sends every job its rows.
-//! The queue is bounded in images: a request that does not fit is refused at once with
-//! [`ApiError::Overloaded`] (503 + Retry-After) rather than growing memory without limit.
+//! A handler takes a [`Ticket`] as soon as its request arrives, reads and decodes the
+//! images, then hands them with the ticket to [`Batcher::embed`] and awaits the answer. Each inference thread
+//! owns one [`Encoder`]; it takes the first waiting job, then keeps collecting jobs until
+//! `max_batch` images are gathered or `max_wait` has passed since it took the first. When
+//! the queue was empty (light load) it also stops as soon as nothing more is on its way:
+//! no ticketed request still being read or decoded once [`SETTLE`] has passed. So a lone request
+//! runs at once, and under load runs fill up. It then runs the model (in chunks of
+//! `max_batch`) and sends every job its rows. The queue is bounded in images: a request
+//! that does not fit is refused at once with [`ApiError::Overloaded`] (503 + Retry-After)
+//! rather than growing memory without limit.
 
 use crate::server::config::BatchingConfig;
 use crate::server::encoder::Encoder;
 use crate::server::error::ApiError;
 use crate::server::metrics::{Metrics, Stage};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use std::sync::atomic::Ordering;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 type Reply = oneshot::Sender<Result<Vec<f32>, ApiError>>;
+
+/// How long a run waits, at least, before concluding that nothing more is on its way: the
+/// time the clients of the run just answered need to send their next requests.
+pub const SETTLE: Duration = Duration::from_millis(1);
+/// How often a waiting run rereads the count of requests on their way.
+const POLL: Duration = Duration::from_micros(250);
+
+/// A request announced to the batcher while its images are read and decoded; the count
+/// drops when they are queued or when the ticket is dropped (a bad image, a request without
+/// images, a cancelled request).
+pub struct Ticket {
+    preparing: Arc<AtomicUsize>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.preparing.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 struct Job {
     images: Vec<f32>,
@@ -32,6 +55,8 @@ pub struct Batcher {
     metrics: Arc<Metrics>,
     capacity: usize,
     dim: usize,
+    /// Requests holding a [`Ticket`].
+    preparing: Arc<AtomicUsize>,
 }
 
 impl Batcher {
@@ -43,17 +68,21 @@ impl Batcher {
     ) -> Self {
         let dim = encoders.first().map_or(0, |e| e.dim());
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
+        let preparing = Arc::new(AtomicUsize::new(0));
         let threads = encoders
             .into_iter()
             .enumerate()
             .map(|(i, encoder)| {
-                let rx = rx.clone();
+                let queue = Queue {
+                    rx: rx.clone(),
+                    preparing: preparing.clone(),
+                    max_batch: cfg.max_batch,
+                    max_wait: Duration::from_millis(cfg.max_wait_ms),
+                };
                 let metrics = metrics.clone();
-                let max_batch = cfg.max_batch;
-                let max_wait = Duration::from_millis(cfg.max_wait_ms);
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
-                    .spawn(move || worker(encoder, rx, max_batch, max_wait, metrics))
+                    .spawn(move || worker(encoder, queue, metrics))
                     .expect("spawning an inference thread")
             })
             .collect();
@@ -63,6 +92,16 @@ impl Batcher {
             metrics,
             capacity: cfg.queue_capacity,
             dim,
+            preparing,
+        }
+    }
+
+    /// Announces a request that may bring images, so that a run about to start waits for
+    /// it (up to `max_wait`). Take it when the request arrives; [`Self::embed`] redeems it.
+    pub fn ticket(&self) -> Ticket {
+        self.preparing.fetch_add(1, Ordering::SeqCst);
+        Ticket {
+            preparing: self.preparing.clone(),
         }
     }
 
@@ -70,8 +109,16 @@ impl Batcher {
         self.dim
     }
 
-    /// Embeds `n` preprocessed images (CHW tensors back to back); `n × dim` values back.
-    pub async fn embed(&self, images: Vec<f32>, n: usize) -> Result<Vec<f32>, ApiError> {
+    /// Embeds `n` preprocessed images (CHW tensors back to back) of the ticket's request;
+    /// `n × dim` values back.
+    pub async fn embed(
+        &self,
+        images: Vec<f32>,
+        n: usize,
+        ticket: Ticket,
+    ) -> Result<Vec<f32>, ApiError> {
+        // Queued or refused, the images are no longer on their way.
+        drop(ticket);
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -121,29 +168,70 @@ impl Drop for Batcher {
     }
 }
 
-fn worker(
-    mut encoder: Box<dyn Encoder>,
+/// An inference thread's side of the queue.
+struct Queue {
     rx: Receiver<Job>,
+    preparing: Arc<AtomicUsize>,
     max_batch: usize,
     max_wait: Duration,
-    metrics: Arc<Metrics>,
-) {
-    // Ends when every sender is gone and the queue is empty.
-    while let Ok(first) = rx.recv() {
-        let deadline = Instant::now() + max_wait;
+}
+
+impl Queue {
+    /// The jobs of the next run and their image count; `None` once every sender is gone
+    /// and the queue is empty.
+    fn next_run(&self) -> Option<(Vec<Job>, usize)> {
+        // A job already waiting means a backlog: the run waits out `max_wait` to fill up.
+        // Otherwise load is light and it starts as soon as nothing more is on its way.
+        let (first, backlog) = match self.rx.try_recv() {
+            Ok(job) => (job, true),
+            Err(TryRecvError::Empty) => (self.rx.recv().ok()?, false),
+            Err(TryRecvError::Disconnected) => return None,
+        };
+        let start = Instant::now();
+        let (deadline, settle) = (start + self.max_wait, start + SETTLE.min(self.max_wait));
         let mut total = first.n;
         let mut jobs = vec![first];
-        while total < max_batch {
-            match rx.recv_deadline(deadline) {
+        while total < self.max_batch {
+            if let Ok(job) = self.rx.try_recv() {
+                total += job.n;
+                jobs.push(job);
+                continue;
+            }
+            let now = Instant::now();
+            let nothing_coming =
+                !backlog && now >= settle && self.preparing.load(Ordering::SeqCst) == 0;
+            if now >= deadline || nothing_coming {
+                break;
+            }
+            let until = if backlog {
+                deadline
+            } else {
+                deadline.min(settle.max(now + POLL))
+            };
+            match self.rx.recv_deadline(until) {
                 Ok(job) => {
                     total += job.n;
                     jobs.push(job);
                 }
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                // Shutting down: run what there is.
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        log::debug!(
+            "run of {total} images from {} requests after {:.1} ms ({})",
+            jobs.len(),
+            start.elapsed().as_secs_f64() * 1e3,
+            if backlog { "backlog" } else { "idle" }
+        );
+        Some((jobs, total))
+    }
+}
+
+fn worker(mut encoder: Box<dyn Encoder>, queue: Queue, metrics: Arc<Metrics>) {
+    while let Some((jobs, total)) = queue.next_run() {
         metrics.queue_depth.fetch_sub(total, Ordering::SeqCst);
-        run_batch(encoder.as_mut(), jobs, total, max_batch, &metrics);
+        run_batch(encoder.as_mut(), jobs, total, queue.max_batch, &metrics);
     }
 }
 
@@ -241,34 +329,63 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_requests_share_a_run_and_get_their_own_rows() {
-        let (b, runs) = batcher(8, 200, 64, 0);
+    async fn a_run_waits_for_announced_images_and_each_gets_its_own_rows() {
+        let (b, runs) = batcher(8, 2000, 64, 0);
         let b = Arc::new(b);
+        // Six requests announce their images at once, then finish decoding 10 ms apart.
+        let tickets: Vec<Ticket> = (0..6).map(|_| b.ticket()).collect();
         let mut handles = Vec::new();
-        for r in 0..6 {
+        for (r, ticket) in tickets.into_iter().enumerate() {
             let b = b.clone();
             handles.push(tokio::spawn(async move {
-                let v = r as f32;
-                b.embed(vec![v; 3], 1).await
+                tokio::time::sleep(Duration::from_millis(10 * r as u64)).await;
+                b.embed(vec![r as f32; 3], 1, ticket).await
             }));
         }
         for (r, h) in handles.into_iter().enumerate() {
             let rows = h.await.expect("join").expect("embed");
             assert_eq!(rows, vec![r as f32; 2]);
         }
-        let runs = runs.lock().unwrap().clone();
+        assert_eq!(*runs.lock().unwrap(), vec![6], "one run for all six");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_nothing_on_its_way_a_run_starts_without_waiting_out_max_wait() {
+        let (b, runs) = batcher(8, 5000, 64, 0);
+        // Let the thread go idle first (see below).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let start = Instant::now();
+        b.embed(vec![1.0; 3], 1, b.ticket()).await.expect("lone");
+        // A request whose decoding fails drops its ticket: the run stops waiting for it.
+        let doomed = b.ticket();
+        let waiting = b.ticket();
+        let b = Arc::new(b);
+        let h = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                // Arrive once the thread is idle again: a job already queued when a run ends
+                // counts as a backlog, which waits out max_wait.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                b.embed(vec![2.0; 3], 1, waiting).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        drop(doomed);
+        h.await.expect("join").expect("second");
+        // max_wait is 5 s; both answers came far sooner.
         assert!(
-            runs.len() < 6,
-            "six requests within 200 ms must share runs: {runs:?}"
+            start.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            start.elapsed()
         );
-        assert_eq!(runs.iter().sum::<usize>(), 6);
+        assert_eq!(*runs.lock().unwrap(), vec![1, 1]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_request_is_split_into_max_batch_chunks() {
         let (b, runs) = batcher(4, 1, 64, 0);
         let images: Vec<f32> = (0..10).flat_map(|i| vec![i as f32; 3]).collect();
-        let rows = b.embed(images, 10).await.expect("embed");
+        let rows = b.embed(images, 10, b.ticket()).await.expect("embed");
         let firsts: Vec<f32> = rows.chunks(2).map(|r| r[0]).collect();
         assert_eq!(firsts, (0..10).map(|i| i as f32).collect::<Vec<_>>());
         assert_eq!(*runs.lock().unwrap(), vec![4, 4, 2]);
@@ -281,15 +398,15 @@ mod tests {
         // The first job occupies the model for 300 ms; the next fill the queue.
         let first = {
             let b = b.clone();
-            tokio::spawn(async move { b.embed(vec![0.0; 3], 1).await })
+            tokio::spawn(async move { b.embed(vec![0.0; 3], 1, b.ticket()).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         let waiting = {
             let b = b.clone();
-            tokio::spawn(async move { b.embed(vec![0.0; 12], 4).await })
+            tokio::spawn(async move { b.embed(vec![0.0; 12], 4, b.ticket()).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let err = b.embed(vec![0.0; 3], 1).await.unwrap_err();
+        let err = b.embed(vec![0.0; 3], 1, b.ticket()).await.unwrap_err();
         assert!(matches!(err, ApiError::Overloaded { .. }), "{err}");
         first.await.expect("join").expect("first");
         waiting.await.expect("join").expect("waiting");

@@ -80,6 +80,10 @@ pub struct InferenceConfig {
     pub threads: usize,
     /// Sessions, each on its own inference thread, sharing the request queue.
     pub sessions: usize,
+    /// Whether ONNX Runtime's intra-op threads busy-wait for work during a run (faster
+    /// hand-offs between operators). They never spin between runs, when the cores are
+    /// needed to decode the next batch.
+    pub spin: bool,
 }
 
 impl Default for InferenceConfig {
@@ -88,6 +92,7 @@ impl Default for InferenceConfig {
             provider: Provider::Auto,
             threads: 0,
             sessions: 1,
+            spin: true,
         }
     }
 }
@@ -97,7 +102,8 @@ impl Default for InferenceConfig {
 pub struct BatchingConfig {
     /// Most images in one model run.
     pub max_batch: usize,
-    /// How long the first queued image waits for others to join its batch.
+    /// How long a run waits, at most, for more images once it has its first. Under light
+    /// load it stops waiting as soon as nothing more is on its way (see `server::batcher`).
     pub max_wait_ms: u64,
     /// Most images waiting for the model; beyond it requests get 503 with Retry-After.
     pub queue_capacity: usize,
@@ -107,7 +113,7 @@ impl Default for BatchingConfig {
     fn default() -> Self {
         Self {
             max_batch: 32,
-            max_wait_ms: 5,
+            max_wait_ms: 10,
             queue_capacity: 256,
         }
     }

@@ -54,28 +54,19 @@ impl OrtEncoder {
         // Load the library first: ort panics if its API is touched before that.
         runtime::init()?;
         let (session, provider) = match cfg.provider {
-            Provider::Cpu => (
-                runtime::cpu_session(model, cfg.threads)?,
-                ActiveProvider::Cpu,
-            ),
-            Provider::Cuda => (cuda_session(model, cfg.threads)?, ActiveProvider::Cuda),
+            Provider::Cpu => (cpu_session(model, cfg)?, ActiveProvider::Cpu),
+            Provider::Cuda => (cuda_session(model, cfg)?, ActiveProvider::Cuda),
             Provider::Auto => match CUDA::is_available() {
-                Ok(true) => match cuda_session(model, cfg.threads) {
+                Ok(true) => match cuda_session(model, cfg) {
                     Ok(s) => (s, ActiveProvider::Cuda),
                     Err(e) => {
                         log::warn!("CUDA provider unusable ({e}); running on CPU");
-                        (
-                            runtime::cpu_session(model, cfg.threads)?,
-                            ActiveProvider::Cpu,
-                        )
+                        (cpu_session(model, cfg)?, ActiveProvider::Cpu)
                     }
                 },
                 _ => {
                     log::info!("this ONNX Runtime has no CUDA provider; running on CPU");
-                    (
-                        runtime::cpu_session(model, cfg.threads)?,
-                        ActiveProvider::Cpu,
-                    )
+                    (cpu_session(model, cfg)?, ActiveProvider::Cpu)
                 }
             },
         };
@@ -88,12 +79,25 @@ impl OrtEncoder {
     }
 }
 
-fn cuda_session(model: &[u8], threads: usize) -> Result<Session, RuntimeError> {
+fn cpu_session(model: &[u8], cfg: &InferenceConfig) -> Result<Session, RuntimeError> {
+    runtime::session(model, cfg.threads, spin(cfg), &[])
+}
+
+fn cuda_session(model: &[u8], cfg: &InferenceConfig) -> Result<Session, RuntimeError> {
     runtime::session(
         model,
-        threads,
+        cfg.threads,
+        spin(cfg),
         &[CUDA::default().build().error_on_failure()],
     )
+}
+
+fn spin(cfg: &InferenceConfig) -> runtime::Spin {
+    if cfg.spin {
+        runtime::Spin::DuringRuns
+    } else {
+        runtime::Spin::Never
+    }
 }
 
 impl Encoder for OrtEncoder {

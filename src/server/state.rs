@@ -5,7 +5,7 @@ use crate::bundle::{Bundle, Manifest};
 use crate::data::{class_display_name, decode::decode_bytes_min_side};
 use crate::preprocess::EvalTransform;
 use crate::probe::LinearProbe;
-use crate::server::batcher::Batcher;
+use crate::server::batcher::{Batcher, Ticket};
 use crate::server::config::ServerConfig;
 use crate::server::encoder::{ActiveProvider, Encoder, OrtEncoder};
 use crate::server::error::ApiError;
@@ -108,9 +108,15 @@ impl AppState {
         }))
     }
 
+    /// Announces a request that may bring images to the batcher (see [`Batcher::ticket`]);
+    /// take it before reading the body.
+    pub fn ticket(&self) -> Ticket {
+        self.batcher.ticket()
+    }
+
     /// Decodes and preprocesses `images` on the blocking pool, then embeds them through
     /// the batcher: `n × dim` unit vectors. A bad image fails the request, naming its index.
-    pub async fn embed(&self, images: Vec<Vec<u8>>) -> Result<Vec<f32>, ApiError> {
+    pub async fn embed(&self, images: Vec<Vec<u8>>, ticket: Ticket) -> Result<Vec<f32>, ApiError> {
         let n = images.len();
         let transform = self.transform.clone();
         let max_pixels = self.cfg.limits.max_pixels;
@@ -119,7 +125,7 @@ impl AppState {
             actix_web::web::block(move || preprocess(&images, &transform, max_pixels, &metrics))
                 .await
                 .map_err(|e| ApiError::Internal(format!("preprocessing pool: {e}")))??;
-        self.batcher.embed(tensors, n).await
+        self.batcher.embed(tensors, n, ticket).await
     }
 
     pub fn gallery_read(&self) -> std::sync::RwLockReadGuard<'_, Gallery> {
@@ -140,7 +146,9 @@ impl AppState {
     }
 }
 
-/// Decode + preprocess every image (in parallel for multi-image requests).
+/// Decode + preprocess every image. A multi-image request fans out over rayon; a single
+/// image stays on the calling (blocking-pool) thread, since handing it to another thread
+/// costs wake-ups and buys nothing when many requests already run side by side.
 pub fn preprocess(
     images: &[Vec<u8>],
     transform: &EvalTransform,
@@ -149,29 +157,36 @@ pub fn preprocess(
 ) -> Result<Vec<f32>, ApiError> {
     let len = transform.tensor_len();
     let mut out = vec![0.0f32; images.len() * len];
-    out.par_chunks_mut(len)
-        .zip(images.par_iter())
-        .enumerate()
-        .try_for_each(|(index, (slot, bytes))| {
-            let t = Instant::now();
-            let img =
-                decode_bytes_min_side(bytes, Some(max_pixels), transform.resize).map_err(|e| {
-                    match e {
-                        crate::data::decode::DecodeError::TooLarge { .. } => {
-                            ApiError::TooLarge(format!("image {index}: {e}"))
-                        }
-                        other => ApiError::BadImage {
-                            index,
-                            message: other.to_string(),
-                        },
-                    }
-                })?;
-            metrics.record_stage(Stage::Decode, t.elapsed());
-            let t = Instant::now();
-            transform.apply(&img, slot);
-            metrics.record_stage(Stage::Preprocess, t.elapsed());
-            Ok(())
-        })?;
+    let one = |(index, (slot, bytes)): (usize, (&mut [f32], &Vec<u8>))| {
+        let t = Instant::now();
+        let img = decode_bytes_min_side(bytes, Some(max_pixels), transform.resize).map_err(
+            |e| match e {
+                crate::data::decode::DecodeError::TooLarge { .. } => {
+                    ApiError::TooLarge(format!("image {index}: {e}"))
+                }
+                other => ApiError::BadImage {
+                    index,
+                    message: other.to_string(),
+                },
+            },
+        )?;
+        metrics.record_stage(Stage::Decode, t.elapsed());
+        let t = Instant::now();
+        transform.apply(&img, slot);
+        metrics.record_stage(Stage::Preprocess, t.elapsed());
+        Ok(())
+    };
+    if images.len() == 1 {
+        out.chunks_mut(len)
+            .zip(images)
+            .enumerate()
+            .try_for_each(one)?;
+    } else {
+        out.par_chunks_mut(len)
+            .zip(images.par_iter())
+            .enumerate()
+            .try_for_each(one)?;
+    }
     Ok(out)
 }
 

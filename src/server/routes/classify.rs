@@ -46,12 +46,13 @@ async fn classify(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
+        let ticket = state.ticket();
         let input = input::read(&req, body, &state.cfg.limits).await?;
         input.require_images(&state.cfg.limits)?;
         let p: Params = input.params()?;
         let top_k = check_k("top_k", p.top_k, &state)?.min(state.breeds.len());
         let dim = state.batcher.dim();
-        let flat = state.embed(input.images).await?;
+        let flat = state.embed(input.images, ticket).await?;
         let t = Instant::now();
         let results = flat
             .chunks(dim)

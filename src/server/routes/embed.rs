@@ -27,11 +27,12 @@ async fn embed(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
+        let ticket = state.ticket();
         let input = input::read(&req, body, &state.cfg.limits).await?;
         input.require_images(&state.cfg.limits)?;
         let _: Params = input.params()?;
         let dim = state.batcher.dim();
-        let flat = state.embed(input.images).await?;
+        let flat = state.embed(input.images, ticket).await?;
         Ok(HttpResponse::Ok().json(Response {
             model: state.model_id.clone(),
             dim,

@@ -52,11 +52,12 @@ struct Added {
 
 async fn add(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
+        let ticket = state.ticket();
         let input = input::read(&req, body, &state.cfg.limits).await?;
         input.require_images(&state.cfg.limits)?;
         let p: Params = input.params()?;
         let items = items(p, input.images.len())?;
-        let vectors = state.embed(input.images).await?;
+        let vectors = state.embed(input.images, ticket).await?;
         let dim = state.batcher.dim();
         let st = state.clone();
         let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();

@@ -44,7 +44,7 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
     let unavailable = |what: String| ApiError::Unavailable(format!("not ready: {what}"));
     let embedding = state
-        .embed(vec![test_image().to_vec()])
+        .embed(vec![test_image().to_vec()], state.ticket())
         .await
         .map_err(|e| unavailable(format!("model: {e}")))?;
     let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();

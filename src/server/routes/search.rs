@@ -45,6 +45,7 @@ async fn search(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
+        let ticket = state.ticket();
         let input = input::read(&req, body, &state.cfg.limits).await?;
         let p: Params = input.params()?;
         let k = check_k("k", p.k, &state)?;
@@ -55,10 +56,13 @@ async fn search(
                     "send either `images` or `vectors`, not both".into(),
                 ))
             }
-            (Some(vectors), true) => query_vectors(vectors, dim, state.cfg.limits.max_images)?,
+            (Some(vectors), true) => {
+                drop(ticket);
+                query_vectors(vectors, dim, state.cfg.limits.max_images)?
+            }
             (None, _) => {
                 input.require_images(&state.cfg.limits)?;
-                state.embed(input.images).await?
+                state.embed(input.images, ticket).await?
             }
         };
         let breed = p.breed;
