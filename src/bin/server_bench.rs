@@ -142,7 +142,7 @@ fn main() -> Result<()> {
         1e3 * get("sum") / get("count").max(1.0)
     };
     println!(
-        "server time per stage (mean): decode {:.2} ms/image, preprocess {:.2} ms/image, inference {:.1} ms/run",
+        "server time per stage, mean over all levels (wall time, so it grows when threads share cores): decode {:.2} ms/image, preprocess {:.2} ms/image, inference {:.1} ms/run",
         stage("decode"),
         stage("preprocess"),
         stage("inference")
