@@ -1,15 +1,15 @@
 //! Dynamic batching: requests from many connections share model runs.
 //!
 //! A handler takes a [`Ticket`] as soon as its request arrives, reads and decodes the
-//! images, then hands them with the ticket to [`Batcher::embed`] and awaits the answer. Each inference thread
-//! owns one [`Encoder`]; it takes the first waiting job, then keeps collecting jobs until
-//! `max_batch` images are gathered or `max_wait` has passed since it took the first. When
-//! the queue was empty (light load) it also stops as soon as nothing more is on its way:
-//! no ticketed request still being read or decoded once [`SETTLE`] has passed. So a lone request
-//! runs at once, and under load runs fill up. It then runs the model (in chunks of
-//! `max_batch`) and sends every job its rows. The queue is bounded in images: a request
-//! that does not fit is refused at once with [`ApiError::Overloaded`] (503 + Retry-After)
-//! rather than growing memory without limit.
+//! images, then hands them with the ticket to [`Batcher::embed`] and awaits the answer.
+//! Each inference thread owns one [`Encoder`]; it takes the first waiting job, then keeps
+//! collecting jobs until `max_batch` images are gathered or `max_wait` has passed since it
+//! took the first. When the queue was empty (light load) it also stops as soon as nothing
+//! more is on its way: no ticketed request still being read or decoded once [`SETTLE`] has
+//! passed. So a lone request runs at once, and under load runs fill up. It then runs the
+//! model (in chunks of `max_batch`) and sends every job its rows. The queue is bounded in
+//! images: a request that does not fit is refused at once with [`ApiError::Overloaded`]
+//! (503 + Retry-After) rather than growing memory without limit.
 
 use crate::server::config::BatchingConfig;
 use crate::server::encoder::Encoder;
