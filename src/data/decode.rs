@@ -77,49 +77,58 @@ fn open(bytes: &[u8]) -> Result<(impl ImageDecoder + '_, ImageFormat), DecodeErr
     Ok((reader.into_decoder()?, format))
 }
 
-/// The rest of [`decode_bytes`] once the headers are read: size and completeness checks,
-/// pixels, orientation, RGB8.
+/// The rest of [`decode_bytes`] once the headers are read: checks, pixels, orientation.
 fn finish(
     mut decoder: impl ImageDecoder,
     format: ImageFormat,
     bytes: &[u8],
     max_pixels: Option<u64>,
 ) -> Result<RgbImage, DecodeError> {
+    let orientation = check_headers(&mut decoder, format, bytes, max_pixels)?;
+    upright_rgb8(DynamicImage::from_decoder(decoder)?, orientation)
+}
+
+/// The checks made before any pixel is decoded: the header's size against `max_pixels`
+/// (decompression bombs) and, for a JPEG, an end-of-image marker. Returns the EXIF
+/// orientation.
+fn check_headers(
+    decoder: &mut impl ImageDecoder,
+    format: ImageFormat,
+    bytes: &[u8],
+    max_pixels: Option<u64>,
+) -> Result<image::metadata::Orientation, DecodeError> {
     let (width, height) = decoder.dimensions();
-    check_pixels(width, height, max_pixels)?;
+    match max_pixels {
+        Some(max_pixels) if u64::from(width) * u64::from(height) > max_pixels => {
+            return Err(DecodeError::TooLarge {
+                width,
+                height,
+                max_pixels,
+            })
+        }
+        _ => {}
+    }
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(DecodeError::Corrupt(
             "truncated JPEG: no end-of-image marker after the image data".into(),
         ));
     }
     // A broken EXIF block must not cost the image: fall back to "as stored".
-    let orientation = decoder
+    Ok(decoder
         .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder)?;
+        .unwrap_or(image::metadata::Orientation::NoTransforms))
+}
+
+/// `img` turned the way its EXIF orientation says, as RGB8.
+fn upright_rgb8(
+    mut img: DynamicImage,
+    orientation: image::metadata::Orientation,
+) -> Result<RgbImage, DecodeError> {
     img.apply_orientation(orientation);
-    Ok(into_rgb8(img))
-}
-
-/// Refuses images whose header claims more than `max_pixels`, before any pixel is decoded.
-fn check_pixels(width: u32, height: u32, max_pixels: Option<u64>) -> Result<(), DecodeError> {
-    match max_pixels {
-        Some(max_pixels) if u64::from(width) * u64::from(height) > max_pixels => {
-            Err(DecodeError::TooLarge {
-                width,
-                height,
-                max_pixels,
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
-fn into_rgb8(img: DynamicImage) -> RgbImage {
-    match img {
+    Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
-    }
+    })
 }
 
 /// [`decode_bytes`] for a consumer that will shrink the image to a shorter side of
@@ -140,15 +149,7 @@ pub fn decode_bytes_min_side(
     if format != ImageFormat::Jpeg || min_side == 0 || short < 2 * min_side {
         return finish(decoder, format, bytes, max_pixels);
     }
-    check_pixels(width, height, max_pixels)?;
-    if !jpeg_is_complete(bytes) {
-        return Err(DecodeError::Corrupt(
-            "truncated JPEG: no end-of-image marker after the image data".into(),
-        ));
-    }
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = check_headers(&mut decoder, format, bytes, max_pixels)?;
     let want = |side: u32| {
         (u64::from(side) * u64::from(min_side))
             .div_ceil(u64::from(short))
@@ -162,18 +163,18 @@ pub fn decode_bytes_min_side(
         .info()
         .ok_or_else(|| DecodeError::Corrupt("JPEG without a frame header".into()))?;
     let (w, h) = (u32::from(info.width), u32::from(info.height));
-    let rgb = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(w, h, pixels),
+    let img = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
+        }
         jpeg_decoder::PixelFormat::L8 => {
-            image::GrayImage::from_raw(w, h, pixels).map(|g| DynamicImage::ImageLuma8(g).to_rgb8())
+            image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
         }
         // CMYK and 16-bit JPEGs are rare: the general path handles them.
         _ => return decode_bytes(bytes, max_pixels),
     }
     .ok_or_else(|| DecodeError::Corrupt("JPEG decoder returned a short buffer".into()))?;
-    let mut img = DynamicImage::ImageRgb8(rgb);
-    img.apply_orientation(orientation);
-    Ok(into_rgb8(img))
+    upright_rgb8(img, orientation)
 }
 
 /// Whether the JPEG's marker structure reaches an end-of-image marker (FF D9).
