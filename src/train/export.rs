@@ -149,15 +149,10 @@ pub fn embed_files(
                 .map_err(|e| bad(f, e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let features = s.features(&images, &t, 32, "embedding")?;
+    let mut features = s.features(&images, &t, 32, "embedding")?;
     let dim = s.model.backbone.feature_dim as usize;
-    Ok(features
-        .chunks(dim)
-        .map(|f| {
-            let norm = f.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            f.iter().map(|x| x / norm).collect()
-        })
-        .collect())
+    simsiam::knn::l2_normalize_rows(&mut features, dim);
+    Ok(features.chunks(dim).map(<[f32]>::to_vec).collect())
 }
 
 /// The ONNX encoder of a session's backbone (l2-normalised output).
