@@ -109,35 +109,31 @@ fn main() -> Result<()> {
         let after = batch_stats(&server.addr)?;
         let mean_batch = (after.0 - before.0) / (after.1 - before.1).max(1.0);
         lat.sort_by(f64::total_cmp);
-        let in_order = ratios.clone();
         println!(
             "{c:>11} {:>9.1} {:>9.1} {:>9.1} {mean_batch:>11.1} {:>11.1} {:>6.2}x",
-            median(&mut rates),
+            median(&rates),
             percentile(&lat, 0.5) * 1e3,
             percentile(&lat, 0.99) * 1e3,
-            median(&mut bare_rates),
-            median(&mut ratios)
+            median(&bare_rates),
+            median(&ratios)
         );
         println!(
             "{:>11} per-round ratios: {}",
             "",
-            in_order
+            ratios
                 .iter()
                 .map(|r| format!("{r:.2}"))
                 .collect::<Vec<_>>()
                 .join(" ")
         );
     }
-    let text = simsiam::server::client::request(&server.addr, "GET", "/metrics", &[], &[])?.text();
+    let text = metrics_text(&server.addr)?;
     let stage = |name: &str| {
         let get = |suffix: &str| {
-            let key = format!("simsiam_stage_duration_seconds_{suffix}{{stage=\"{name}\"}} ");
-            text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(key.as_str())
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                })
-                .unwrap_or(0.0)
+            metric(
+                &text,
+                &format!("simsiam_stage_duration_seconds_{suffix}{{stage=\"{name}\"}}"),
+            )
         };
         1e3 * get("sum") / get("count").max(1.0)
     };
@@ -151,10 +147,11 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The median of `v` (sorted in place); `v` is never empty here.
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The median of `v`, which is never empty here.
+fn median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// The `p` quantile of sorted `v`.
@@ -211,20 +208,24 @@ fn run_level(addr: &str, jpegs: &Arc<Vec<Vec<u8>>>, c: usize, requests: usize) -
     })
 }
 
+/// The server's `/metrics` page.
+fn metrics_text(addr: &str) -> Result<String> {
+    Ok(simsiam::server::client::request(addr, "GET", "/metrics", &[], &[])?.text())
+}
+
+/// The value of the Prometheus series `name` (with its labels) in `text`; 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// (sum, count) of the server's batch-size histogram.
 fn batch_stats(addr: &str) -> Result<(f64, f64)> {
-    let text = simsiam::server::client::request(addr, "GET", "/metrics", &[], &[])?.text();
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .map(|v| v.trim().parse::<f64>().unwrap_or(0.0))
-            })
-            .unwrap_or(0.0)
-    };
+    let text = metrics_text(addr)?;
     Ok((
-        value("simsiam_batch_size_sum "),
-        value("simsiam_batch_size_count "),
+        metric(&text, "simsiam_batch_size_sum"),
+        metric(&text, "simsiam_batch_size_count"),
     ))
 }
 
