@@ -147,11 +147,17 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The median of `v`, which is never empty here.
+/// The median of `v`, which is never empty here (the mean of the middle two for an even
+/// count).
 fn median(v: &[f64]) -> f64 {
     let mut sorted = v.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
+    let mid = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
 }
 
 /// The `p` quantile of sorted `v`.
