@@ -46,6 +46,10 @@ struct Cli {
     /// Rounds per level; each pairs a server run with a bare-session run.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Batch size of the bare session (default: the server's `batching.max_batch`). A
+    /// larger one than the server's shows what smaller runs cost against the best batch.
+    #[arg(long)]
+    bare_batch: Option<usize>,
     /// The server's log filter (RUST_LOG syntax), e.g. `simsiam::server::batcher=debug`
     /// to see every run's size and wait.
     #[arg(long, default_value = "warn")]
@@ -55,8 +59,8 @@ struct Cli {
 fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    if cli.rounds == 0 || cli.requests == 0 {
-        bail!("--rounds and --requests must be at least 1");
+    if cli.rounds == 0 || cli.requests == 0 || cli.bare_batch == Some(0) {
+        bail!("--rounds, --requests and --bare-batch must be at least 1");
     }
     let mut overrides = Vec::new();
     if let Some(m) = &cli.model {
@@ -65,7 +69,8 @@ fn main() -> Result<()> {
     let cfg = ServerConfig::load(cli.config.as_deref(), overrides)?;
     let (jpegs, source) = request_images(cli.images.as_deref(), 64)?;
     let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64 / 1e3;
-    let bare = BareSession::new(&cfg, &jpegs)?;
+    let bare_batch = cli.bare_batch.unwrap_or(cfg.batching.max_batch);
+    let bare = BareSession::new(&cfg, &jpegs, bare_batch)?;
     let gallery = tempfile::tempdir()?;
     let mut server =
         ServerProcess::start(&cfg, cli.config.as_deref(), gallery.path(), &cli.server_log)?;
@@ -77,11 +82,12 @@ fn main() -> Result<()> {
         ),
     };
     println!(
-        "model {}, {} request images from {source} (mean {mean_kb:.0} kB), max_batch {}, max_wait {} ms, intra-op threads {threads}",
+        "model {}, {} request images from {source} (mean {mean_kb:.0} kB), max_batch {} (bare session: {bare_batch}), max_wait {} ms, intra-op threads {threads}, request threads at {:?} priority",
         cfg.model.dir.display(),
         jpegs.len(),
         cfg.batching.max_batch,
-        cfg.batching.max_wait_ms
+        cfg.batching.max_wait_ms,
+        cfg.http.request_priority
     );
     println!(
         "each level: {} rounds of {} requests, each round beside a bare-session run of as many images; medians over rounds",
@@ -255,13 +261,12 @@ struct BareSession {
 }
 
 impl BareSession {
-    fn new(cfg: &ServerConfig, jpegs: &[Vec<u8>]) -> Result<Self> {
+    fn new(cfg: &ServerConfig, jpegs: &[Vec<u8>], b: usize) -> Result<Self> {
         let bundle = Bundle::open(&cfg.model.dir)?;
         let t = bundle.manifest.eval_transform();
         let metrics = simsiam::server::metrics::Metrics::default();
         let tensors = simsiam::server::state::preprocess(jpegs, &t, u64::MAX, &metrics)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let b = cfg.batching.max_batch;
         let per = t.tensor_len();
         let mut batch = Vec::with_capacity(b * per);
         for i in 0..b {

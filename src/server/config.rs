@@ -30,6 +30,9 @@ pub struct HttpConfig {
     pub port: u16,
     /// actix worker threads (request parsing and routing only); 0 = one per core.
     pub workers: usize,
+    /// CPU priority of the request threads (HTTP workers, decoding) next to the model's
+    /// threads; see [`super::priority`].
+    pub request_priority: RequestPriority,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     pub shutdown_timeout_s: u64,
 }
@@ -40,6 +43,7 @@ impl Default for HttpConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             workers: 0,
+            request_priority: RequestPriority::Idle,
             shutdown_timeout_s: 30,
         }
     }
@@ -58,6 +62,21 @@ impl Default for ModelConfig {
             dir: PathBuf::from("models/default"),
         }
     }
+}
+
+/// How request threads share the CPU with the model's threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestPriority {
+    /// The same priority as the model's threads.
+    Normal,
+    /// Niceness 19: the model's threads mostly preempt them.
+    Low,
+    /// `SCHED_IDLE`: they run only when the model's threads wait. The highest throughput
+    /// when the server has its cores (or its container's) to itself; a CPU-bound neighbour
+    /// outside its container would starve them.
+    #[default]
+    Idle,
 }
 
 /// Which ONNX Runtime execution provider runs the encoder.
@@ -82,7 +101,8 @@ pub struct InferenceConfig {
     pub sessions: usize,
     /// Whether ONNX Runtime's intra-op threads busy-wait for work during a run (faster
     /// hand-offs between operators). They never spin between runs, when the cores are
-    /// needed to decode the next batch.
+    /// needed to decode the next batch. (Measured at concurrency 8 with idle-priority
+    /// request threads: 0.77–0.78× the bare session with spinning, 0.72–0.73× without.)
     pub spin: bool,
 }
 
@@ -303,5 +323,21 @@ mod tests {
         std::fs::write(&f, "[http]\nprot = 1\n").expect("write");
         let err = ServerConfig::load(Some(&f), vec![]).unwrap_err();
         assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn request_priority_is_idle_low_or_normal() {
+        let file = ServerConfig::load(Some(Path::new("config/server.toml")), vec![]).expect("load");
+        assert_eq!(file.http.request_priority, RequestPriority::Idle);
+        assert_eq!(
+            ServerConfig::default().http.request_priority,
+            file.http.request_priority
+        );
+        let low =
+            ServerConfig::load(None, vec![("http.request_priority", "low".into())]).expect("low");
+        assert_eq!(low.http.request_priority, RequestPriority::Low);
+        let err =
+            ServerConfig::load(None, vec![("http.request_priority", "high".into())]).unwrap_err();
+        assert!(err.to_string().contains("high"), "{err}");
     }
 }

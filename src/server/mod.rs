@@ -23,6 +23,7 @@ pub mod error;
 pub mod gallery;
 pub mod input;
 pub mod metrics;
+pub mod priority;
 pub mod routes;
 pub mod state;
 
@@ -56,6 +57,14 @@ const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/", "/openapi.json"];
 /// the gallery and stops the inference threads.
 pub async fn serve(cfg: ServerConfig) -> Result<(), ServeError> {
     let addr = cfg.bind_address();
+    let priority = cfg.http.request_priority;
+    // Multi-image requests decode on rayon's pool: request threads too.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .start_handler(move |_| priority::lower_this_thread(priority))
+        .build_global();
+    if let Err(e) = pool {
+        log::debug!("rayon's pool keeps its priority: {e}");
+    }
     let state = AppState::start(cfg.clone())?;
     let data = web::Data::from(state.clone());
     let workers = if cfg.http.workers == 0 {
@@ -65,6 +74,8 @@ pub async fn serve(cfg: ServerConfig) -> Result<(), ServeError> {
     };
     let origins = cfg.cors.allowed_origins.clone();
     let server = HttpServer::new(move || {
+        // Runs once on each worker thread, before it serves anything.
+        priority::lower_this_thread(priority);
         App::new()
             .app_data(data.clone())
             // Outermost last: metrics see everything; CORS headers reach 401s too.

@@ -121,10 +121,13 @@ impl AppState {
         let transform = self.transform.clone();
         let max_pixels = self.cfg.limits.max_pixels;
         let metrics = self.metrics.clone();
-        let tensors =
-            actix_web::web::block(move || preprocess(&images, &transform, max_pixels, &metrics))
-                .await
-                .map_err(|e| ApiError::Internal(format!("preprocessing pool: {e}")))??;
+        let priority = self.cfg.http.request_priority;
+        let tensors = actix_web::web::block(move || {
+            crate::server::priority::lower_this_thread(priority);
+            preprocess(&images, &transform, max_pixels, &metrics)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("preprocessing pool: {e}")))??;
         self.batcher.embed(tensors, n, ticket).await
     }
 
