@@ -82,7 +82,7 @@ fn main() -> Result<()> {
         ),
     };
     println!(
-        "model {}, {} request images from {source} (mean {mean_kb:.0} kB), max_batch {} (bare session: {bare_batch}), max_wait {} ms, intra-op threads {threads}, request threads at {:?} priority",
+        "model {}, {} request images from {source} (mean {mean_kb:.0} kB), max_batch {} (bare session: {bare_batch}), max_wait {} ms, intra-op threads {threads}, request threads at {} priority",
         cfg.model.dir.display(),
         jpegs.len(),
         cfg.batching.max_batch,
@@ -144,7 +144,7 @@ fn main() -> Result<()> {
         1e3 * get("sum") / get("count").max(1.0)
     };
     println!(
-        "server time per stage, mean over all levels (wall time, so it grows when threads share cores): decode {:.2} ms/image, preprocess {:.2} ms/image, inference {:.1} ms/run",
+        "server time per stage, mean over all levels (wall time, so it grows when threads share cores or wait at idle priority): decode {:.2} ms/image, preprocess {:.2} ms/image, inference {:.1} ms/run",
         stage("decode"),
         stage("preprocess"),
         stage("inference")

@@ -79,6 +79,17 @@ pub enum RequestPriority {
     Idle,
 }
 
+impl std::fmt::Display for RequestPriority {
+    /// The spelling of the configuration file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Normal => "normal",
+            Self::Low => "low",
+            Self::Idle => "idle",
+        })
+    }
+}
+
 /// Which ONNX Runtime execution provider runs the encoder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -18,7 +18,7 @@ pub fn lower_this_thread(priority: RequestPriority) {
         return;
     }
     if let Err(e) = set(priority) {
-        log::warn!("could not lower a request thread's priority to {priority:?}: {e}");
+        log::warn!("could not lower a request thread's priority to {priority}: {e}");
     }
 }
 
