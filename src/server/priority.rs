@@ -4,8 +4,9 @@
 //! images share the cores with ONNX Runtime's. At equal priority a decode that lands
 //! mid-run preempts an intra-op thread, and the whole run waits for it at the next
 //! operator. At a lower priority the kernel runs the request threads when the model's
-//! threads wait (between operators, between runs), so decoding fills the model's idle
-//! moments instead of stretching its runs. Lowering one's own priority needs no privileges.
+//! threads sleep (between runs; between operators too when they do not spin), so decoding
+//! fills the model's idle moments instead of stretching its runs. Lowering one's own
+//! priority needs no privileges. Threads a request thread starts inherit its priority.
 
 use crate::server::config::RequestPriority;
 use std::cell::Cell;
