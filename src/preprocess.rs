@@ -61,11 +61,8 @@ impl EvalTransform {
             out.fill(0.0);
             return;
         }
-        let (nw, nh) = if w.min(h) == side {
-            (w, h)
-        } else {
-            shorter_side_dims(w, h, side)
-        };
+        // (w, h) itself when the shorter side is already `side`: no resize along either axis.
+        let (nw, nh) = shorter_side_dims(w, h, side);
         let crop = self.crop as usize;
         let (x0, y0) = ((nw - self.crop) / 2, (nh - self.crop) / 2);
         let cols = Taps::new(w, nw, x0, self.crop);

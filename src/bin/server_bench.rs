@@ -248,8 +248,8 @@ fn bare_threads(cfg: &ServerConfig) -> usize {
 }
 
 /// The ceiling: the bundle's encoder in one session with as many intra-op threads as the
-/// server's sessions have together, ONNX Runtime's default settings otherwise, run on full batches of already decoded and
-/// preprocessed images.
+/// server's sessions have together, ONNX Runtime's default settings otherwise, run on full
+/// batches of already decoded and preprocessed images.
 ///
 /// A fresh session per measurement: an idle session's threads keep spinning for a while
 /// (ONNX Runtime's default), and would otherwise slow the server run that follows.

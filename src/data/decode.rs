@@ -85,7 +85,10 @@ fn finish(
     max_pixels: Option<u64>,
 ) -> Result<RgbImage, DecodeError> {
     let orientation = check_headers(&mut decoder, format, bytes, max_pixels)?;
-    upright_rgb8(DynamicImage::from_decoder(decoder)?, orientation)
+    Ok(upright_rgb8(
+        DynamicImage::from_decoder(decoder)?,
+        orientation,
+    ))
 }
 
 /// The checks made before any pixel is decoded: the header's size against `max_pixels`
@@ -120,15 +123,12 @@ fn check_headers(
 }
 
 /// `img` turned the way its EXIF orientation says, as RGB8.
-fn upright_rgb8(
-    mut img: DynamicImage,
-    orientation: image::metadata::Orientation,
-) -> Result<RgbImage, DecodeError> {
+fn upright_rgb8(mut img: DynamicImage, orientation: image::metadata::Orientation) -> RgbImage {
     img.apply_orientation(orientation);
-    Ok(match img {
+    match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
-    })
+    }
 }
 
 /// [`decode_bytes`] for a consumer that will shrink the image to a shorter side of
@@ -174,7 +174,7 @@ pub fn decode_bytes_min_side(
         _ => return decode_bytes(bytes, max_pixels),
     }
     .ok_or_else(|| DecodeError::Corrupt("JPEG decoder returned a short buffer".into()))?;
-    upright_rgb8(img, orientation)
+    Ok(upright_rgb8(img, orientation))
 }
 
 /// Whether the JPEG's marker structure reaches an end-of-image marker (FF D9).
