@@ -1,7 +1,7 @@
 # The two commands of the README: `make serve` (set up, build and start the server on the
 # default model) and `make test` (set up, build, run all tests). Everything native is
 # installed into the project folder by setup.
-.PHONY: serve setup setup-runtime build test lint bench-train bench-server bench-reference clean
+.PHONY: serve setup setup-runtime build test test-server lint bench-train bench-server bench-reference clean
 
 CARGO ?= cargo
 DATA ?= ../shared/data/stanford-dogs
@@ -12,9 +12,9 @@ MODEL ?= models/default
 # Request images of `make bench-server`; a folder without JPEGs means synthetic 500×375 photos.
 BENCH_IMAGES ?= $(DATA)/Images
 
-# The server alone needs ONNX Runtime only, and is built without the libtorch feature.
+# The server crate needs ONNX Runtime only: no libtorch is installed or linked for it.
 serve: setup-runtime
-	$(CARGO) build --release --no-default-features --features serve --bin server
+	$(CARGO) build --release -p simsiam-server --bin server
 	./target/release/server --model $(MODEL) --host $(HOST) --port $(PORT)
 
 setup:
@@ -24,15 +24,19 @@ setup-runtime:
 	@bash scripts/setup.sh runtime
 
 build: setup
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 
+# Every crate's unit, integration and doc tests.
 test: setup
-	$(CARGO) test --release
+	$(CARGO) test --release --workspace
+
+# The server crate's tests alone: they need ONNX Runtime but no libtorch.
+test-server: setup-runtime
+	$(CARGO) test --release -p simsiam -p simsiam-onnx -p simsiam-server
 
 lint: setup
-	$(CARGO) fmt --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
-	$(CARGO) clippy --release --no-default-features --lib -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # Throughput of the data pipeline, compute-only and end-to-end training (10 breeds, 64 px).
 bench-train: build
@@ -40,7 +44,7 @@ bench-train: build
 
 # Server images/s and latency at concurrency 1, 8, 32 beside a bare ONNX Runtime session.
 bench-server: setup-runtime
-	$(CARGO) build --release --no-default-features --features serve --bin server --bin server-bench
+	$(CARGO) build --release -p simsiam-server --bin server --bin server-bench
 	./target/release/server-bench --model $(MODEL) --images $(BENCH_IMAGES)
 
 # The plain PyTorch baseline of the same recipe (separate venv, see bench/reference/README.md).

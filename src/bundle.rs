@@ -264,33 +264,35 @@ impl Bundle {
         Ok(LinearProbe::load(&self.dir.join(PROBE))?)
     }
 
-    /// The stored gallery, when the bundle has one.
-    pub fn gallery(&self) -> Result<Option<Gallery>, BundleError> {
+    /// The gallery the bundle ships, which seeds a server's gallery on its first start.
+    pub fn seed_gallery(&self) -> Result<Option<SeedGallery>, BundleError> {
         if self.manifest.files.contains_key(GALLERY_META) {
-            Gallery::load(&self.dir).map(Some)
+            SeedGallery::load(&self.dir).map(Some)
         } else {
             Ok(None)
         }
     }
 }
 
-/// Embedded reference images: ids, labels, source paths and vectors.
+/// Ids, labels and source paths of the images a bundle ships embedded (`gallery.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GalleryMeta {
+pub struct SeedGalleryMeta {
     pub dim: usize,
     pub ids: Vec<String>,
     pub labels: Vec<usize>,
     pub paths: Vec<String>,
 }
 
+/// The embedded reference images a bundle ships (`trainer gallery` writes them): a new
+/// server's gallery starts as a copy of them, then lives on in its own directory.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Gallery {
-    pub meta: GalleryMeta,
+pub struct SeedGallery {
+    pub meta: SeedGalleryMeta,
     /// Row-major `ids.len() × dim`.
     pub vectors: Vec<f32>,
 }
 
-impl Gallery {
+impl SeedGallery {
     /// Writes `gallery.json` and `gallery.f32` into `dir`, each atomically.
     pub fn save(&self, dir: &Path) -> Result<(), BundleError> {
         let n = self.meta.ids.len();
@@ -316,10 +318,11 @@ impl Gallery {
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
         let path = dir.join(GALLERY_META);
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let meta: GalleryMeta = serde_json::from_str(&text).map_err(|e| BundleError::Invalid {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let meta: SeedGalleryMeta =
+            serde_json::from_str(&text).map_err(|e| BundleError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         let vpath = dir.join(GALLERY_VECTORS);
         let bytes = std::fs::read(&vpath).map_err(io(&vpath))?;
         let n = meta.ids.len();

@@ -1,29 +1,31 @@
-//! SimSiam image embeddings for dog breeds.
+//! SimSiam image embeddings for dog breeds: the core that the trainer and the server share.
 //!
-//! The library holds all logic; the binaries in `src/bin/` only parse arguments.
-//! Everything that links libtorch (model, training loop, export) lives in `src/train/`,
-//! compiled into the `trainer` binary only: the library and the `server` binary never
-//! reference libtorch, so the server does not link it.
+//! The workspace has three more crates, and this one is what they agree on:
+//! `simsiam-trainer` (libtorch: pretraining, evaluation, export) writes a model
+//! [`bundle`]; `simsiam-server` (ONNX Runtime, no libtorch) serves it; `simsiam-onnx`
+//! writes the bundle's encoder. What both sides must compute identically lives here, so
+//! they cannot drift apart: image [`decode`]-ing, the evaluation transform
+//! ([`preprocess`]), the linear [`probe`], the backbone's layout ([`arch`]) and the
+//! bundle's format. [`runtime`] loads ONNX Runtime; [`config`] layers settings.
 //!
 //! ```no_run
-//! use simsiam::data::{self, DatasetOptions};
-//! let ds = data::open(std::path::Path::new("../shared/data/stanford-dogs"), &DatasetOptions::default())?;
-//! println!("{} classes, {} train, {} test", ds.classes.len(), ds.train.len(), ds.test.len());
-//! # Ok::<(), simsiam::data::DataError>(())
+//! use simsiam::{bundle::Bundle, decode, runtime};
+//! let bundle = Bundle::open(std::path::Path::new("models/default"))?;
+//! let t = bundle.manifest.eval_transform();
+//! let img = decode::load_rgb(std::path::Path::new("dog.jpg"))?;
+//! let mut session = runtime::cpu_session(&bundle.encoder_bytes()?, 0)?;
+//! let side = t.crop as usize;
+//! let (_, embedding) = runtime::run_f32(&mut session, &t.to_vec(&img), [1, 3, side, side])?;
+//! let probs = bundle.probe()?.probabilities(&embedding)?;
+//! println!("{} → {:.2}", bundle.manifest.classes[0], probs[0]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod augment;
+pub mod arch;
 pub mod bundle;
+pub mod classes;
 pub mod config;
-pub mod data;
-pub mod knn;
-pub mod metrics;
-pub mod onnx;
-pub mod plot;
+pub mod decode;
 pub mod preprocess;
 pub mod probe;
-pub mod report;
 pub mod runtime;
-
-#[cfg(feature = "serve")]
-pub mod server;

@@ -3,7 +3,7 @@
 //! Features are l2-normalised, then standardised with the training split's mean and std,
 //! then mapped to class logits by `weight · x + bias`. This module holds inference and
 //! the file format only (plain Rust, JSON), so the server can classify without libtorch;
-//! the trainer fits the probe in `train::probe_fit`.
+//! the trainer fits it (`simsiam_trainer::probe_fit`).
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

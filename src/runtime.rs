@@ -8,7 +8,7 @@
 
 use ort::environment::Environment;
 use ort::ep::ExecutionProviderDispatch;
-use ort::session::Session;
+pub use ort::session::Session;
 use ort::value::TensorRef;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};

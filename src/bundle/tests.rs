@@ -58,7 +58,7 @@ fn opens_a_consistent_bundle() {
     assert_eq!(b.manifest.files[ENCODER].sha256.len(), 64);
     assert_eq!(b.probe().expect("probe"), probe());
     assert_eq!(b.manifest.eval_transform(), EvalTransform::for_crop(64));
-    assert!(b.gallery().expect("no gallery").is_none());
+    assert!(b.seed_gallery().expect("no gallery").is_none());
     assert!(
         !dir.path().join("manifest.json.tmp").exists(),
         "atomic write leaves no temporary file"
@@ -85,8 +85,8 @@ fn a_tampered_file_is_refused_by_name() {
 #[test]
 fn gallery_round_trips_and_is_verified() {
     let dir = bundle_dir();
-    let g = Gallery {
-        meta: GalleryMeta {
+    let g = SeedGallery {
+        meta: SeedGalleryMeta {
             dim: 2,
             ids: vec!["x".into(), "y".into(), "z".into()],
             labels: vec![0, 1, 1],
@@ -103,7 +103,7 @@ fn gallery_round_trips_and_is_verified() {
     .expect("manifest");
     let b = Bundle::open(dir.path()).expect("valid");
     assert_eq!(
-        b.gallery().expect("load").expect("present"),
+        b.seed_gallery().expect("load").expect("present"),
         g,
         "same ids, labels, paths and bit-identical vectors"
     );
@@ -112,7 +112,7 @@ fn gallery_round_trips_and_is_verified() {
         .unwrap_err()
         .to_string()
         .contains("gallery.f32"));
-    let bad = Gallery {
+    let bad = SeedGallery {
         vectors: vec![1.0],
         ..g
     };

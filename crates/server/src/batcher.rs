@@ -1,0 +1,409 @@
+//! Dynamic batching: requests from many connections share model runs.
+//!
+//! A handler takes a [`Ticket`] as soon as its request arrives, reads and decodes the
+//! images, then hands them with the ticket to [`Batcher::embed`] and awaits the answer.
+//! Each inference thread owns one [`Encoder`]; it takes the first waiting job, then keeps
+//! collecting jobs until `max_batch` images are gathered or `max_wait` has passed since it
+//! took the first. When the queue was empty (light load) it also stops as soon as nothing
+//! more is on its way: no ticketed request still being read or decoded once [`SETTLE`] has
+//! passed. So a lone request runs at once, and under load runs fill up. It then runs the
+//! model (in chunks of `max_batch`) and sends every job its rows. The queue is bounded in
+//! images: a request that does not fit is refused at once with [`EmbedError::Overloaded`]
+//! (503 + Retry-After) rather than growing memory without limit.
+
+use crate::config::BatchingConfig;
+use crate::encoder::Encoder;
+use crate::metrics::{Metrics, Stage};
+use crate::pipeline::EmbedError;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+type Reply = oneshot::Sender<Result<Vec<f32>, EmbedError>>;
+
+/// How long a run waits, at least, before concluding that nothing more is on its way: the
+/// time the clients of the run just answered need to send their next requests.
+pub const SETTLE: Duration = Duration::from_millis(1);
+/// How often a waiting run rereads the count of requests on their way.
+const POLL: Duration = Duration::from_micros(250);
+
+/// A request announced to the batcher while its images are read and decoded; the count
+/// drops when they are queued or when the ticket is dropped (a bad image, a request without
+/// images, a cancelled request).
+pub struct Ticket {
+    preparing: Arc<AtomicUsize>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.preparing.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct Job {
+    images: Vec<f32>,
+    n: usize,
+    reply: Reply,
+}
+
+pub struct Batcher {
+    tx: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    capacity: usize,
+    dim: usize,
+    /// Requests holding a [`Ticket`].
+    preparing: Arc<AtomicUsize>,
+}
+
+impl Batcher {
+    /// Starts one inference thread per encoder.
+    pub fn start(
+        encoders: Vec<Box<dyn Encoder>>,
+        cfg: &BatchingConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let dim = encoders.first().map_or(0, |e| e.dim());
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
+        let preparing = Arc::new(AtomicUsize::new(0));
+        let threads = encoders
+            .into_iter()
+            .enumerate()
+            .map(|(i, encoder)| {
+                let queue = Queue {
+                    rx: rx.clone(),
+                    preparing: preparing.clone(),
+                    max_batch: cfg.max_batch,
+                    max_wait: Duration::from_millis(cfg.max_wait_ms),
+                };
+                let metrics = metrics.clone();
+                std::thread::Builder::new()
+                    .name(format!("inference-{i}"))
+                    .spawn(move || worker(encoder, queue, metrics))
+                    .expect("spawning an inference thread")
+            })
+            .collect();
+        Self {
+            tx: Some(tx),
+            threads,
+            metrics,
+            capacity: cfg.queue_capacity,
+            dim,
+            preparing,
+        }
+    }
+
+    /// Announces a request that may bring images, so that a run about to start waits for
+    /// it (up to `max_wait`). Take it when the request arrives; [`Self::embed`] redeems it.
+    pub fn ticket(&self) -> Ticket {
+        self.preparing.fetch_add(1, Ordering::SeqCst);
+        Ticket {
+            preparing: self.preparing.clone(),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Embeds `n` preprocessed images (CHW tensors back to back) of the ticket's request;
+    /// `n × dim` values back.
+    pub async fn embed(
+        &self,
+        images: Vec<f32>,
+        n: usize,
+        ticket: Ticket,
+    ) -> Result<Vec<f32>, EmbedError> {
+        // Queued or refused, the images are no longer on their way.
+        drop(ticket);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let tx = self.tx.as_ref().ok_or(EmbedError::ShuttingDown)?;
+        // Reserve room for n images; undo and refuse when the queue would overflow.
+        let before = self.metrics.queue_depth.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.capacity {
+            self.metrics.queue_depth.fetch_sub(n, Ordering::SeqCst);
+            return Err(EmbedError::Overloaded { queued: before });
+        }
+        let (reply, answer) = oneshot::channel();
+        match tx.try_send(Job { images, n, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.metrics.queue_depth.fetch_sub(n, Ordering::SeqCst);
+                return Err(EmbedError::Overloaded { queued: before });
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics.queue_depth.fetch_sub(n, Ordering::SeqCst);
+                return Err(EmbedError::ShuttingDown);
+            }
+        }
+        answer
+            .await
+            .map_err(|_| EmbedError::WorkerLost("an inference thread stopped mid-request".into()))?
+    }
+
+    /// Stops accepting work, lets the threads finish what is queued, and joins them.
+    pub fn shutdown(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                log::error!("an inference thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// An inference thread's side of the queue.
+struct Queue {
+    rx: Receiver<Job>,
+    preparing: Arc<AtomicUsize>,
+    max_batch: usize,
+    max_wait: Duration,
+}
+
+impl Queue {
+    /// The jobs of the next run and their image count; `None` once every sender is gone
+    /// and the queue is empty.
+    fn next_run(&self) -> Option<(Vec<Job>, usize)> {
+        // A job already waiting means a backlog: the run waits out `max_wait` to fill up.
+        // Otherwise load is light and it starts as soon as nothing more is on its way.
+        let (first, backlog) = match self.rx.try_recv() {
+            Ok(job) => (job, true),
+            Err(TryRecvError::Empty) => (self.rx.recv().ok()?, false),
+            Err(TryRecvError::Disconnected) => return None,
+        };
+        let start = Instant::now();
+        let (deadline, settle) = (start + self.max_wait, start + SETTLE.min(self.max_wait));
+        let mut total = first.n;
+        let mut jobs = vec![first];
+        while total < self.max_batch {
+            if let Ok(job) = self.rx.try_recv() {
+                total += job.n;
+                jobs.push(job);
+                continue;
+            }
+            let now = Instant::now();
+            let nothing_coming =
+                !backlog && now >= settle && self.preparing.load(Ordering::SeqCst) == 0;
+            if now >= deadline || nothing_coming {
+                break;
+            }
+            let until = if backlog {
+                deadline
+            } else {
+                deadline.min(settle.max(now + POLL))
+            };
+            match self.rx.recv_deadline(until) {
+                Ok(job) => {
+                    total += job.n;
+                    jobs.push(job);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // Shutting down: run what there is.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        log::debug!(
+            "run of {total} images from {} requests after {:.1} ms ({})",
+            jobs.len(),
+            start.elapsed().as_secs_f64() * 1e3,
+            if backlog { "backlog" } else { "idle" }
+        );
+        Some((jobs, total))
+    }
+}
+
+fn worker(mut encoder: Box<dyn Encoder>, queue: Queue, metrics: Arc<Metrics>) {
+    while let Some((jobs, total)) = queue.next_run() {
+        metrics.queue_depth.fetch_sub(total, Ordering::SeqCst);
+        run_batch(encoder.as_mut(), jobs, total, queue.max_batch, &metrics);
+    }
+}
+
+/// One model run over the jobs' images (in chunks of `max_batch`), rows sent back per job.
+fn run_batch(
+    encoder: &mut dyn Encoder,
+    jobs: Vec<Job>,
+    total: usize,
+    max_batch: usize,
+    metrics: &Metrics,
+) {
+    let per_image = jobs[0].images.len() / jobs[0].n.max(1);
+    let dim = encoder.dim();
+    let mut input = Vec::with_capacity(total * per_image);
+    for job in &jobs {
+        input.extend_from_slice(&job.images);
+    }
+    let mut output = Vec::with_capacity(total * dim);
+    let mut failure = None;
+    for start in (0..total).step_by(max_batch) {
+        let n = max_batch.min(total - start);
+        let t = Instant::now();
+        let chunk = &input[start * per_image..(start + n) * per_image];
+        match encoder.embed(chunk, n) {
+            Ok(rows) => output.extend_from_slice(&rows),
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+        metrics.record_stage(Stage::Inference, t.elapsed());
+        metrics.record_batch(n);
+    }
+    let mut offset = 0;
+    for job in jobs {
+        let result = match &failure {
+            Some(message) => Err(EmbedError::Model(message.clone())),
+            None => Ok(output[offset * dim..(offset + job.n) * dim].to_vec()),
+        };
+        offset += job.n;
+        // The requester may have gone (timeout, disconnect): nothing to do then.
+        let _ = job.reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simsiam::runtime::RuntimeError;
+    use std::sync::Mutex;
+
+    /// Returns each image's first value repeated `dim` times, and records batch sizes.
+    struct Echo {
+        dim: usize,
+        per_image: usize,
+        runs: Arc<Mutex<Vec<usize>>>,
+        delay: Duration,
+    }
+
+    impl Encoder for Echo {
+        fn dim(&self) -> usize {
+            self.dim
+        }
+        fn embed(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
+            std::thread::sleep(self.delay);
+            self.runs.lock().unwrap().push(n);
+            Ok((0..n)
+                .flat_map(|i| std::iter::repeat_n(images[i * self.per_image], self.dim))
+                .collect())
+        }
+    }
+
+    fn batcher(
+        max_batch: usize,
+        wait_ms: u64,
+        capacity: usize,
+        delay_ms: u64,
+    ) -> (Batcher, Arc<Mutex<Vec<usize>>>) {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let echo = Echo {
+            dim: 2,
+            per_image: 3,
+            runs: runs.clone(),
+            delay: Duration::from_millis(delay_ms),
+        };
+        let cfg = BatchingConfig {
+            max_batch,
+            max_wait_ms: wait_ms,
+            queue_capacity: capacity,
+        };
+        (
+            Batcher::start(vec![Box::new(echo)], &cfg, Arc::new(Metrics::default())),
+            runs,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_run_waits_for_announced_images_and_each_gets_its_own_rows() {
+        let (b, runs) = batcher(8, 2000, 64, 0);
+        let b = Arc::new(b);
+        // Six requests announce their images at once, then finish decoding 10 ms apart.
+        let tickets: Vec<Ticket> = (0..6).map(|_| b.ticket()).collect();
+        let mut handles = Vec::new();
+        for (r, ticket) in tickets.into_iter().enumerate() {
+            let b = b.clone();
+            handles.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10 * r as u64)).await;
+                b.embed(vec![r as f32; 3], 1, ticket).await
+            }));
+        }
+        for (r, h) in handles.into_iter().enumerate() {
+            let rows = h.await.expect("join").expect("embed");
+            assert_eq!(rows, vec![r as f32; 2]);
+        }
+        assert_eq!(*runs.lock().unwrap(), vec![6], "one run for all six");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_nothing_on_its_way_a_run_starts_without_waiting_out_max_wait() {
+        let (b, runs) = batcher(8, 5000, 64, 0);
+        // Let the thread go idle first (see below).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let start = Instant::now();
+        b.embed(vec![1.0; 3], 1, b.ticket()).await.expect("lone");
+        // A request whose decoding fails drops its ticket: the run stops waiting for it.
+        let doomed = b.ticket();
+        let waiting = b.ticket();
+        let b = Arc::new(b);
+        let h = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                // Arrive once the thread is idle again: a job already queued when a run ends
+                // counts as a backlog, which waits out max_wait.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                b.embed(vec![2.0; 3], 1, waiting).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        drop(doomed);
+        h.await.expect("join").expect("second");
+        // max_wait is 5 s; both answers came far sooner.
+        assert!(
+            start.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(*runs.lock().unwrap(), vec![1, 1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_request_is_split_into_max_batch_chunks() {
+        let (b, runs) = batcher(4, 1, 64, 0);
+        let images: Vec<f32> = (0..10).flat_map(|i| vec![i as f32; 3]).collect();
+        let rows = b.embed(images, 10, b.ticket()).await.expect("embed");
+        let firsts: Vec<f32> = rows.chunks(2).map(|r| r[0]).collect();
+        assert_eq!(firsts, (0..10).map(|i| i as f32).collect::<Vec<_>>());
+        assert_eq!(*runs.lock().unwrap(), vec![4, 4, 2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_instead_of_growing() {
+        let (b, _) = batcher(1, 0, 4, 300);
+        let b = Arc::new(b);
+        // The first job occupies the model for 300 ms; the next fill the queue.
+        let first = {
+            let b = b.clone();
+            tokio::spawn(async move { b.embed(vec![0.0; 3], 1, b.ticket()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let waiting = {
+            let b = b.clone();
+            tokio::spawn(async move { b.embed(vec![0.0; 12], 4, b.ticket()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let err = b.embed(vec![0.0; 3], 1, b.ticket()).await.unwrap_err();
+        assert!(matches!(err, EmbedError::Overloaded { .. }), "{err}");
+        first.await.expect("join").expect("first");
+        waiting.await.expect("join").expect("waiting");
+    }
+}

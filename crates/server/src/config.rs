@@ -1,0 +1,354 @@
+//! Server settings: defaults, then `config/server.toml` (or `--config`), then
+//! `SIMSIAM_SERVER_<SECTION>__<KEY>` environment variables, then command-line flags;
+//! validated once at start-up so a bad value ends start-up with a message naming the key.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub use simsiam::config::{ConfigError, Override};
+
+/// The environment prefix of the server's settings, e.g. `SIMSIAM_SERVER_HTTP__PORT=9000`.
+pub const ENV_PREFIX: &str = "SIMSIAM_SERVER";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub http: HttpConfig,
+    pub model: BundleConfig,
+    pub inference: InferenceConfig,
+    pub batching: BatchingConfig,
+    pub limits: LimitsConfig,
+    pub gallery: GalleryConfig,
+    pub auth: AuthConfig,
+    pub cors: CorsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub host: String,
+    pub port: u16,
+    /// actix worker threads (request parsing and routing only); 0 = one per core.
+    pub workers: usize,
+    /// CPU priority of the request threads (HTTP workers, decoding) next to the model's
+    /// threads; see [`super::priority`].
+    pub request_priority: RequestPriority,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            workers: 0,
+            request_priority: RequestPriority::Idle,
+            shutdown_timeout_s: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundleConfig {
+    /// The bundle directory written by `trainer export`.
+    pub dir: PathBuf,
+}
+
+impl Default for BundleConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models/default"),
+        }
+    }
+}
+
+/// How request threads share the CPU with the model's threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestPriority {
+    /// The same priority as the model's threads.
+    Normal,
+    /// Niceness 19: the model's threads mostly preempt them.
+    Low,
+    /// `SCHED_IDLE`: they run only when the model's threads wait. The highest throughput
+    /// when the server has its cores (or its container's) to itself; a CPU-bound neighbour
+    /// outside its container slows them down about tenfold (README, "Server").
+    #[default]
+    Idle,
+}
+
+impl std::fmt::Display for RequestPriority {
+    /// The spelling of the configuration file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Normal => "normal",
+            Self::Low => "low",
+            Self::Idle => "idle",
+        })
+    }
+}
+
+/// Which ONNX Runtime execution provider runs the encoder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// CUDA when the loaded ONNX Runtime has it and a GPU answers, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA or fail at start-up.
+    Cuda,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    pub provider: Provider,
+    /// Intra-op threads per session; 0 = one per core.
+    pub threads: usize,
+    /// Sessions, each on its own inference thread, sharing the request queue.
+    pub sessions: usize,
+    /// Whether ONNX Runtime's intra-op threads busy-wait for work during a run (faster
+    /// hand-offs between operators). They never spin between runs, when the cores are
+    /// needed to decode the next batch. (Measured at concurrency 8 with idle-priority
+    /// request threads: 0.77–0.78× the bare session with spinning, 0.72–0.73× without.)
+    pub spin: bool,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self {
+            provider: Provider::Auto,
+            threads: 0,
+            sessions: 1,
+            spin: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Most images in one model run.
+    pub max_batch: usize,
+    /// How long a run waits, at most, for more images once it has its first. Under light
+    /// load it stops waiting as soon as nothing more is on its way (see `server::batcher`).
+    pub max_wait_ms: u64,
+    /// Most images waiting for the model; beyond it requests get 503 with Retry-After.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_wait_ms: 10,
+            queue_capacity: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_images: usize,
+    /// Checked from the image header, before the pixels are decoded.
+    pub max_pixels: u64,
+    pub request_timeout_s: u64,
+    /// Largest `k` / `top_k` a request may ask for.
+    pub max_k: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 << 20,
+            max_images: 32,
+            max_pixels: 50_000_000,
+            request_timeout_s: 30,
+            max_k: 100,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GalleryConfig {
+    /// Where the gallery lives and persists; seeded from the bundle's gallery when empty.
+    pub dir: PathBuf,
+    /// HNSW: links per node, candidate list while building, and while searching.
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+}
+
+impl Default for GalleryConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("var/gallery"),
+            m: 16,
+            ef_construction: 200,
+            ef_search: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// When set (non-empty), every route except health, readiness and docs needs
+    /// `Authorization: Bearer <api_key>`.
+    pub api_key: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins allowed to call the API from a browser; `["*"]` allows any; empty disables CORS.
+    pub allowed_origins: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Defaults ← file (`config/server.toml` when present, or `file`, which must exist)
+    /// ← environment ← `overrides` (command-line flags), then [`Self::validate`].
+    pub fn load(file: Option<&Path>, overrides: Vec<Override>) -> Result<Self, ConfigError> {
+        let env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("cors.allowed_origins")
+            .try_parsing(true);
+        let cfg: ServerConfig = simsiam::config::layered(
+            &ServerConfig::default(),
+            file,
+            "config/server.toml",
+            env,
+            overrides,
+        )?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.http.host.trim().is_empty() {
+            return bad("http.host", "must not be empty");
+        }
+        if self.inference.sessions == 0 {
+            return bad("inference.sessions", "must be at least 1");
+        }
+        if self.batching.max_batch == 0 {
+            return bad("batching.max_batch", "must be at least 1");
+        }
+        if self.batching.queue_capacity < self.limits.max_images {
+            return bad(
+                "batching.queue_capacity",
+                "must hold at least one full request (limits.max_images)",
+            );
+        }
+        if self.limits.max_images == 0 {
+            return bad("limits.max_images", "must be at least 1");
+        }
+        if self.limits.max_body_bytes < 1024 {
+            return bad("limits.max_body_bytes", "must be at least 1024");
+        }
+        if self.limits.max_pixels == 0 {
+            return bad("limits.max_pixels", "must be at least 1");
+        }
+        if self.limits.request_timeout_s == 0 {
+            return bad("limits.request_timeout_s", "must be at least 1");
+        }
+        if self.limits.max_k == 0 {
+            return bad("limits.max_k", "must be at least 1");
+        }
+        if !(2..=256).contains(&self.gallery.m) {
+            return bad("gallery.m", "must be between 2 and 256");
+        }
+        if self.gallery.ef_construction == 0 || self.gallery.ef_search == 0 {
+            return bad(
+                "gallery.ef_search",
+                "ef_construction and ef_search must be at least 1",
+            );
+        }
+        if self
+            .cors
+            .allowed_origins
+            .iter()
+            .any(|o| o != "*" && !o.contains("://"))
+        {
+            return bad(
+                "cors.allowed_origins",
+                "each origin must be \"*\" or look like https://host[:port]",
+            );
+        }
+        Ok(())
+    }
+
+    pub fn bind_address(&self) -> String {
+        format!("{}:{}", self.http.host, self.http.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The project's `config/server.toml` (tests run in the crate's folder).
+    const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/server.toml");
+
+    #[test]
+    fn defaults_are_valid_and_listen_on_loopback_8080() {
+        let cfg = ServerConfig::default();
+        cfg.validate().expect("defaults valid");
+        assert_eq!(cfg.bind_address(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn overrides_win_and_errors_name_the_key() {
+        let cfg = ServerConfig::load(Some(Path::new(FILE)), vec![("http.port", 9001u64.into())])
+            .expect("load");
+        assert_eq!(cfg.http.port, 9001);
+        let err = ServerConfig::load(
+            Some(Path::new(FILE)),
+            vec![("batching.max_batch", 0u64.into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("batching.max_batch"), "{err}");
+        let err = ServerConfig::load(Some(Path::new("no/such.toml")), vec![]).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("s.toml");
+        std::fs::write(&f, "[http]\nprot = 1\n").expect("write");
+        let err = ServerConfig::load(Some(&f), vec![]).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn request_priority_is_idle_low_or_normal() {
+        let file = ServerConfig::load(Some(Path::new(FILE)), vec![]).expect("load");
+        assert_eq!(file.http.request_priority, RequestPriority::Idle);
+        assert_eq!(
+            ServerConfig::default().http.request_priority,
+            file.http.request_priority
+        );
+        let low =
+            ServerConfig::load(None, vec![("http.request_priority", "low".into())]).expect("low");
+        assert_eq!(low.http.request_priority, RequestPriority::Low);
+        let err =
+            ServerConfig::load(None, vec![("http.request_priority", "high".into())]).unwrap_err();
+        assert!(err.to_string().contains("high"), "{err}");
+    }
+}

@@ -1,0 +1,228 @@
+//! Every error a request can meet, and the one table that maps it to an HTTP status.
+//!
+//! The lower layers speak their own errors: the embedding pipeline
+//! [`EmbedError`], the gallery [`GalleryError`]. Each becomes an [`ApiError`] through one
+//! `From` below, and [`ApiError`] gets its status in `status_code`. Neither match has a
+//! catch-all arm, on purpose: adding a variant does not compile until someone decides
+//! what it means for the client. Bodies are always
+//! `{"error": {"code": "...", "message": "..."}}`.
+
+use crate::gallery::GalleryError;
+use crate::pipeline::EmbedError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The bytes are not an image we can decode (or the image is corrupt or truncated).
+    #[error("image {index}: {message}")]
+    BadImage { index: usize, message: String },
+    /// Malformed JSON, multipart or query string; bad base64.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("unsupported content type {0:?}: send multipart/form-data, application/json or a raw image (image/jpeg, image/png)")]
+    UnsupportedMediaType(String),
+    /// Well-formed but unusable: out-of-range `k`, wrong vector length, no images.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The inference queue is full; the client should retry after a moment.
+    #[error("the server is at capacity ({queued} images queued); retry shortly")]
+    Overloaded { queued: usize },
+    #[error("the request took longer than {0} s")]
+    Timeout(u64),
+    /// Shutting down, or the model is not ready.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<EmbedError> for ApiError {
+    fn from(e: EmbedError) -> Self {
+        match e {
+            EmbedError::BadImage { index, message } => ApiError::BadImage { index, message },
+            EmbedError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            EmbedError::Overloaded { queued } => ApiError::Overloaded { queued },
+            EmbedError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            EmbedError::Model(_) | EmbedError::WorkerLost(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<GalleryError> for ApiError {
+    fn from(e: GalleryError) -> Self {
+        match e {
+            GalleryError::Dimension { .. } => ApiError::Unprocessable(e.to_string()),
+            GalleryError::Corrupt { .. } | GalleryError::Io(_) => {
+                ApiError::Internal(format!("gallery: {e}"))
+            }
+        }
+    }
+}
+
+/// The blocking pool (gallery and search work) went away mid-request.
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        ApiError::Internal(format!("blocking pool: {e}"))
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// Stable machine-readable code, part of the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadImage { .. } => "bad_image",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadImage { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Overloaded { .. } | ApiError::Unavailable(_)) {
+            res.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.json(Body {
+            error: Detail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    #[actix_web::test]
+    async fn errors_are_json_with_code_and_message() {
+        let res = ApiError::Overloaded { queued: 7 }.error_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let body = to_bytes(res.into_body()).await.expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "overloaded");
+        assert!(v["error"]["message"].as_str().unwrap().contains("7 images"));
+    }
+
+    #[test]
+    fn each_kind_has_its_status() {
+        let cases = [
+            (
+                ApiError::BadImage {
+                    index: 0,
+                    message: "x".into(),
+                },
+                400,
+            ),
+            (ApiError::BadRequest("x".into()), 400),
+            (ApiError::Unauthorized, 401),
+            (ApiError::NotFound("x".into()), 404),
+            (ApiError::TooLarge("x".into()), 413),
+            (ApiError::UnsupportedMediaType("text/plain".into()), 415),
+            (ApiError::Unprocessable("x".into()), 422),
+            (ApiError::Overloaded { queued: 1 }, 503),
+            (ApiError::Timeout(1), 504),
+            (ApiError::Internal("x".into()), 500),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status_code().as_u16(), status, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn pipeline_and_gallery_errors_map_to_their_statuses() {
+        let image = |index| EmbedError::BadImage {
+            index,
+            message: "corrupt image: x".into(),
+        };
+        let cases = [
+            (ApiError::from(image(2)), 400, "bad_image"),
+            (
+                EmbedError::TooLarge {
+                    index: 0,
+                    message: "image is 9×9".into(),
+                }
+                .into(),
+                413,
+                "too_large",
+            ),
+            (
+                EmbedError::Overloaded { queued: 3 }.into(),
+                503,
+                "overloaded",
+            ),
+            (EmbedError::ShuttingDown.into(), 503, "unavailable"),
+            (EmbedError::Model("x".into()).into(), 500, "internal"),
+            (EmbedError::WorkerLost("x".into()).into(), 500, "internal"),
+            (
+                GalleryError::Dimension {
+                    expected: 2,
+                    found: 3,
+                }
+                .into(),
+                422,
+                "unprocessable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!(
+                (e.status_code().as_u16(), e.code()),
+                (status, code),
+                "{e:?}"
+            );
+        }
+        assert!(ApiError::from(image(2))
+            .to_string()
+            .starts_with("image 2: "));
+    }
+}

@@ -1,0 +1,201 @@
+//! The embedding server: actix-web over ONNX Runtime, with dynamic batching, an HNSW
+//! gallery and the linear-probe classifier. Its dependency tree has no libtorch, plotting,
+//! XML or MAT code: it needs only the core crate, [`simsiam`], and a model bundle.
+//!
+//! A request flows: [`input`] (multipart / JSON / raw body) → decode and preprocess on the
+//! blocking pool ([`pipeline::preprocess`], the trainer's evaluation transform) →
+//! [`batcher::Batcher`] → an [`encoder::Encoder`] on its own thread → the gallery
+//! ([`gallery::Gallery`]) or the probe → JSON. The pipeline fails with
+//! [`pipeline::EmbedError`], the gallery with [`gallery::GalleryError`]; the HTTP layer
+//! turns both into [`error::ApiError`], mapped to statuses in one table.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use simsiam_server::config::ServerConfig;
+//! let cfg = ServerConfig::load(None, vec![("http.port", 9000u64.into())])?;
+//! simsiam_server::serve(cfg).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod batcher;
+pub mod client;
+pub mod config;
+pub mod encoder;
+pub mod error;
+pub mod gallery;
+pub mod input;
+pub mod metrics;
+pub mod pipeline;
+pub mod priority;
+pub mod routes;
+pub mod state;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use config::ServerConfig;
+use error::ApiError;
+use state::{AppState, StartError};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server stopped with an error: {0}")]
+    Run(std::io::Error),
+}
+
+/// Paths anyone may call, even when an API key is configured.
+const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/", "/openapi.json"];
+
+/// Starts everything, serves until SIGINT/SIGTERM, drains in-flight requests, then flushes
+/// the gallery and stops the inference threads.
+pub async fn serve(cfg: ServerConfig) -> Result<(), ServeError> {
+    let addr = cfg.bind_address();
+    let priority = cfg.http.request_priority;
+    // Multi-image requests decode on rayon's pool: request threads too.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .start_handler(move |_| priority::lower_this_thread(priority))
+        .build_global();
+    if let Err(e) = pool {
+        log::debug!("rayon's pool keeps its priority: {e}");
+    }
+    let state = AppState::start(cfg.clone())?;
+    let data = web::Data::from(state.clone());
+    let workers = if cfg.http.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        cfg.http.workers
+    };
+    let origins = cfg.cors.allowed_origins.clone();
+    let server = HttpServer::new(move || {
+        // Runs once on each worker thread, before it serves anything.
+        priority::lower_this_thread(priority);
+        App::new()
+            .app_data(data.clone())
+            // Outermost last: metrics see everything; CORS headers reach 401s too.
+            .wrap(from_fn(authorize))
+            .wrap(cors(&origins))
+            .wrap(from_fn(observe))
+            .configure(routes::configure)
+            .default_service(web::to(|| async {
+                ApiError::NotFound("no such route; see GET /openapi.json".into()).error_response()
+            }))
+    })
+    .workers(workers)
+    .shutdown_timeout(cfg.http.shutdown_timeout_s)
+    .bind(&addr)
+    .map_err(|source| ServeError::Bind {
+        addr: addr.clone(),
+        source,
+    })?;
+    for a in server.addrs() {
+        log::info!("listening on http://{a}/ (API page; JSON routes under /v1)");
+    }
+    server.run().await.map_err(ServeError::Run)?;
+    log::info!("stopped accepting requests; flushing the gallery");
+    let g = state.gallery_read();
+    if let Err(e) = state.save_gallery(&g) {
+        log::error!("{e}");
+    }
+    Ok(())
+}
+
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    if origins.is_empty() {
+        // No cross-origin access: the browser's same-origin policy stays in force.
+        return actix_cors::Cors::default();
+    }
+    let mut c = actix_cors::Cors::default()
+        .allow_any_method()
+        .allow_any_header()
+        .max_age(3600);
+    if origins.iter().any(|o| o == "*") {
+        c = c.allow_any_origin();
+    } else {
+        for o in origins {
+            c = c.allowed_origin(o);
+        }
+    }
+    c
+}
+
+/// Bearer API key, when one is configured, compared in constant time.
+async fn authorize(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let key = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.cfg.auth.api_key.clone())
+        .unwrap_or_default();
+    if !key.is_empty()
+        && !PUBLIC.contains(&req.path())
+        && req.method() != actix_web::http::Method::OPTIONS
+    {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return Ok(req.into_response(ApiError::Unauthorized.error_response()));
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Equal-length inputs take the same time whatever their content; the length itself is
+/// not secret.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Request counts and latency per route and status; gives error responses produced by
+/// actix itself (405, payload errors) the JSON error body every other error has.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let start = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let res = next.call(req).await?;
+    let res = res.map_into_boxed_body();
+    let status = res.status();
+    let res = if (status.is_client_error() || status.is_server_error())
+        && !res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    {
+        let (req, old) = res.into_parts();
+        let message = status.canonical_reason().unwrap_or("error").to_string();
+        let code = message.to_ascii_lowercase().replace(' ', "_");
+        let mut new = HttpResponse::build(status);
+        for (k, v) in old.headers() {
+            if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+                new.insert_header((k.clone(), v.clone()));
+            }
+        }
+        let body = new.json(serde_json::json!({"error": {"code": code, "message": message}}));
+        ServiceResponse::new(req, body)
+    } else {
+        res
+    };
+    if let Some(state) = state {
+        state
+            .metrics
+            .record_request(&route, res.status().as_u16(), start.elapsed());
+    }
+    Ok(res)
+}

@@ -1,0 +1,401 @@
+//! Trainer configuration: defaults ← TOML file ← `SIMSIAM_*` environment ← CLI flags.
+//!
+//! Everything is resolved and validated once, at start-up, into [`TrainConfig`]; a bad
+//! value fails fast with an error that names its key (`optim.batch`, `model.backbone`...).
+//! Environment overrides use `SIMSIAM_<SECTION>__<KEY>`, e.g. `SIMSIAM_OPTIM__EPOCHS=3`.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub use simsiam::arch::Backbone;
+use simsiam::config::layered;
+pub use simsiam::config::{ConfigError, Override};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Dataset root: Stanford Dogs layout or one folder per class.
+    pub root: Option<PathBuf>,
+    /// Keep only the first N breeds (labels 1..=N of the split files).
+    pub breeds: Option<usize>,
+    /// At most M images per breed in each split.
+    pub max_per_breed: Option<usize>,
+    /// Crop to the annotated bounding box (Stanford layout with `Annotation/`).
+    pub bbox_crop: bool,
+    /// Model input side in pixels.
+    pub image_size: u32,
+    /// Images are cached in memory with their shorter side at this size; views are cropped
+    /// from it and evaluation centre-crops `image_size` from it. 0 means `image_size × 5/4`.
+    pub resize: u32,
+    /// ImageFolder layout: fraction of each class held out for evaluation.
+    pub test_fraction: f64,
+    /// Augmentation worker threads (0: one per two cores, at least one).
+    pub workers: usize,
+    /// Batches prepared ahead of the training step.
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            root: None,
+            breeds: None,
+            max_per_breed: None,
+            bbox_crop: false,
+            image_size: 64,
+            resize: 0,
+            test_fraction: 0.2,
+            workers: 0,
+            prefetch: 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub backbone: Backbone,
+    /// 3×3 stride-1 first convolution and no max-pool (CIFAR-size images).
+    pub small_stem: bool,
+    /// Projector depth: 3 (ImageNet recipe) or 2 (CIFAR recipe).
+    pub proj_layers: usize,
+    pub proj_dim: i64,
+    /// Predictor bottleneck width.
+    pub pred_hidden: i64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            backbone: Backbone::Resnet18,
+            small_stem: false,
+            proj_layers: 3,
+            proj_dim: 2048,
+            pred_hidden: 512,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    /// lr = base_lr × batch / 256.
+    pub base_lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Linear warm-up epochs before the cosine decay.
+    pub warmup_epochs: usize,
+    /// Keep the predictor at the initial lr while the rest decays (the paper's option).
+    pub fix_pred_lr: bool,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            batch: 64,
+            base_lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            warmup_epochs: 0,
+            fix_pred_lr: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSwitches {
+    /// Gaussian blur (p = 0.5); off for small images, as the CIFAR recipe does.
+    pub blur: bool,
+}
+
+impl Default for AugmentSwitches {
+    fn default() -> Self {
+        Self { blur: true }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Weighted kNN top-1 on the evaluation split every N epochs (0: only at the end).
+    pub knn_every: usize,
+    pub knn_k: usize,
+    pub knn_temperature: f64,
+    /// Collapse alarm when std(l2-normalised z) falls below this fraction of 1/√d.
+    pub collapse_ratio: f64,
+    /// Collapse alarm when the effective rank of a batch's normalised z falls below this
+    /// (all outputs moving along fewer than this many directions; 0 disables).
+    pub collapse_rank: f64,
+    /// Stop training when the collapse alarm fires.
+    pub stop_on_collapse: bool,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            knn_every: 5,
+            knn_k: 20,
+            knn_temperature: 0.1,
+            collapse_ratio: 0.3,
+            collapse_rank: 2.0,
+            stop_on_collapse: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub device: DeviceChoice,
+    /// Mixed precision (CUDA only).
+    pub amp: bool,
+    /// Channels-last memory format for convolutions.
+    pub channels_last: bool,
+    /// Compute threads for libtorch (0: libtorch's default).
+    pub threads: usize,
+    pub out: PathBuf,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            device: DeviceChoice::Auto,
+            amp: false,
+            channels_last: false,
+            threads: 0,
+            out: PathBuf::from("runs/simsiam"),
+        }
+    }
+}
+
+/// Switches for experiments that break the method on purpose.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Let gradients flow into the target branch: SimSiam then collapses (the paper's ablation).
+    pub no_stop_grad: bool,
+}
+
+/// The whole, validated trainer configuration (also written to the run directory).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub optim: OptimConfig,
+    pub augment: AugmentSwitches,
+    pub monitor: MonitorConfig,
+    pub run: RunConfig,
+    pub debug: DebugConfig,
+}
+
+/// The trainer's `SIMSIAM_*` environment variables: all of them except the server's
+/// `SIMSIAM_SERVER_*`, which would otherwise read as unknown trainer keys.
+fn trainer_env() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("SIMSIAM_") && !k.starts_with("SIMSIAM_SERVER_"))
+        .collect()
+}
+
+impl TrainConfig {
+    /// Layers the defaults, the file (if any), `SIMSIAM_*` variables and `overrides`,
+    /// then validates. `file = None` reads `config/trainer.toml` when it exists.
+    pub fn load(file: Option<&Path>, overrides: Vec<Override>) -> Result<Self, ConfigError> {
+        let env = config::Environment::with_prefix("SIMSIAM")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(trainer_env()));
+        let cfg: TrainConfig = layered(
+            &TrainConfig::default(),
+            file,
+            "config/trainer.toml",
+            env,
+            overrides,
+        )?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// This configuration (e.g. a run's, read from its checkpoint) with `overrides` applied
+    /// and validated again.
+    pub fn with_overrides(&self, overrides: Vec<Override>) -> Result<Self, ConfigError> {
+        let mut b = config::Config::builder().add_source(config::Config::try_from(self)?);
+        for (key, value) in overrides {
+            b = b.set_override(key, value)?;
+        }
+        let cfg: TrainConfig = b.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.data.image_size < 16 {
+            return bad("data.image_size", "must be at least 16 pixels");
+        }
+        if self.data.resize != 0 && self.data.resize < self.data.image_size {
+            return bad(
+                "data.resize",
+                "must be 0 (auto) or at least data.image_size",
+            );
+        }
+        if self.data.breeds == Some(0) {
+            return bad("data.breeds", "must be at least 1");
+        }
+        if self.data.max_per_breed == Some(0) {
+            return bad("data.max_per_breed", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.data.test_fraction) {
+            return bad("data.test_fraction", "must be in [0, 1)");
+        }
+        if self.data.prefetch == 0 {
+            return bad("data.prefetch", "must be at least 1");
+        }
+        if !(2..=3).contains(&self.model.proj_layers) {
+            return bad("model.proj_layers", "must be 2 or 3");
+        }
+        if self.model.proj_dim < 2 || self.model.pred_hidden < 1 {
+            return bad(
+                "model.proj_dim",
+                "projector and predictor widths must be positive",
+            );
+        }
+        if self.optim.epochs == 0 {
+            return bad("optim.epochs", "must be at least 1");
+        }
+        if self.optim.batch < 2 {
+            return bad(
+                "optim.batch",
+                "must be at least 2 (batch norm needs two samples)",
+            );
+        }
+        if !(self.optim.base_lr > 0.0 && self.optim.base_lr.is_finite()) {
+            return bad("optim.base_lr", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.optim.momentum) {
+            return bad("optim.momentum", "must be in [0, 1)");
+        }
+        if self.optim.weight_decay < 0.0 {
+            return bad("optim.weight_decay", "must not be negative");
+        }
+        if self.optim.warmup_epochs >= self.optim.epochs {
+            return bad("optim.warmup_epochs", "must be smaller than optim.epochs");
+        }
+        if self.monitor.knn_k == 0 {
+            return bad("monitor.knn_k", "must be at least 1");
+        }
+        if self.monitor.knn_temperature <= 0.0 {
+            return bad("monitor.knn_temperature", "must be positive");
+        }
+        if !(0.0..1.0).contains(&self.monitor.collapse_ratio) {
+            return bad("monitor.collapse_ratio", "must be in [0, 1)");
+        }
+        if self.monitor.collapse_rank < 0.0 {
+            return bad("monitor.collapse_rank", "must not be negative");
+        }
+        Ok(())
+    }
+
+    /// The dataset selection of this configuration.
+    pub fn dataset_options(&self) -> crate::data::DatasetOptions {
+        crate::data::DatasetOptions {
+            breeds: self.data.breeds,
+            max_per_breed: self.data.max_per_breed,
+            bbox_crop: self.data.bbox_crop,
+            test_fraction: self.data.test_fraction,
+            seed: self.run.seed,
+        }
+    }
+
+    /// Augmentation worker threads: `data.workers`, or half the cores (at least one),
+    /// leaving the rest to libtorch.
+    pub fn augment_workers(&self) -> usize {
+        match self.data.workers {
+            0 => (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
+            n => n,
+        }
+    }
+
+    /// The side at which images are cached and from which views are cropped.
+    pub fn cache_side(&self) -> u32 {
+        match self.data.resize {
+            0 => simsiam::preprocess::resize_for_crop(self.data.image_size),
+            r => r,
+        }
+    }
+
+    /// lr = base_lr × batch / 256 (the linear scaling rule).
+    pub fn lr(&self) -> f64 {
+        self.optim.base_lr * self.optim.batch as f64 / 256.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn layers_file_then_overrides() {
+        let f = file("[optim]\nepochs = 7\nbatch = 32\n[model]\nbackbone = \"resnet50\"\n");
+        let cfg =
+            TrainConfig::load(Some(f.path()), vec![("optim.batch", 16i64.into())]).expect("valid");
+        assert_eq!(cfg.optim.epochs, 7);
+        assert_eq!(cfg.optim.batch, 16);
+        assert_eq!(cfg.model.backbone, Backbone::Resnet50);
+        assert_eq!(cfg.model.proj_layers, 3, "unset keys keep their defaults");
+        assert!((cfg.lr() - 0.05 * 16.0 / 256.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let f = file("[optim]\nbatch = 1\n");
+        let err = TrainConfig::load(Some(f.path()), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("optim.batch"), "{err}");
+        let f = file("[model]\nbackbone = \"vgg\"\n");
+        let err = TrainConfig::load(Some(f.path()), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backbone") && err.contains("vgg"), "{err}");
+        let f = file("[optim]\nepochz = 3\n");
+        let err = TrainConfig::load(Some(f.path()), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("epochz"), "{err}");
+        let err = TrainConfig::load(Some(Path::new("/nonexistent.toml")), vec![]).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+}

@@ -1,0 +1,161 @@
+//! A run's history: per-epoch training metrics, one JSON object per line in
+//! `metrics.jsonl`.
+//!
+//! JSON lines survive a crash mid-run (every line is complete on its own) and are easy
+//! to read from any tool; `--resume` truncates the file back to the resumed epoch.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Optimiser steps done so far.
+    pub step: usize,
+    pub loss: f64,
+    /// Mean over channels of the batch std of the l2-normalised projector output.
+    pub z_std: f64,
+    /// 1/√d, the std of a healthy (uniformly spread) output.
+    pub z_std_healthy: f64,
+    /// Effective rank of the batch's normalised outputs (collapse shows as a fall to 1).
+    #[serde(default)]
+    pub z_rank: f64,
+    pub lr: f64,
+    /// Training images per second over the epoch (each image gives two views).
+    pub img_per_s: f64,
+    pub epoch_seconds: f64,
+    /// Weighted kNN top-1 on the evaluation split, on the epochs it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn_top1: Option<f64>,
+    #[serde(default)]
+    pub collapse_alarm: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}, line {line}: {source}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
+    move |source| HistoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Reads all records of a metrics file (an absent file has none).
+pub fn read(path: &Path) -> Result<Vec<EpochMetrics>, HistoryError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io_err(path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec = serde_json::from_str(&line).map_err(|source| HistoryError::Parse {
+            path: path.to_path_buf(),
+            line: i + 1,
+            source,
+        })?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Appends records to a metrics file, flushing each line.
+pub struct MetricsWriter {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsWriter {
+    /// Opens `path` keeping the records of epochs `<= keep_through` (resume) and dropping
+    /// any later ones, which a resumed run will write again.
+    pub fn open(path: &Path, keep_through: usize) -> Result<Self, HistoryError> {
+        let kept: Vec<_> = read(path)?
+            .into_iter()
+            .filter(|m| m.epoch <= keep_through)
+            .collect();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        for m in &kept {
+            writeln!(
+                file,
+                "{}",
+                serde_json::to_string(m).expect("metrics serialise")
+            )
+            .map_err(io_err(path))?;
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn append(&mut self, m: &EpochMetrics) -> Result<(), HistoryError> {
+        let line = serde_json::to_string(m).expect("metrics serialise");
+        writeln!(self.file, "{line}")
+            .and_then(|_| self.file.flush())
+            .map_err(io_err(&self.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(epoch: usize, knn: Option<f64>) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            step: epoch * 10,
+            loss: -0.5,
+            z_std: 0.02,
+            z_std_healthy: 0.022,
+            z_rank: 30.0,
+            lr: 0.05,
+            img_per_s: 30.0,
+            epoch_seconds: 1.0,
+            knn_top1: knn,
+            collapse_alarm: false,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_truncates_on_resume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metrics.jsonl");
+        let mut w = MetricsWriter::open(&path, 0).expect("open");
+        for e in 1..=3 {
+            w.append(&rec(e, (e == 2).then_some(0.25))).expect("append");
+        }
+        drop(w);
+        assert_eq!(
+            read(&path).expect("read"),
+            vec![rec(1, None), rec(2, Some(0.25)), rec(3, None)]
+        );
+        let mut w = MetricsWriter::open(&path, 2).expect("reopen");
+        w.append(&rec(3, Some(0.3))).expect("append");
+        assert_eq!(read(&path).expect("read")[2], rec(3, Some(0.3)));
+        assert_eq!(read(&path).expect("read").len(), 3);
+    }
+}
