@@ -40,76 +40,25 @@ pub fn run(cfg: &TrainConfig, steps: usize) -> Result<BenchReport, TrainError> {
     let data = load_data(cfg)?;
     let decode_img_per_s =
         (data.train.images.len() + data.test.images.len()) as f64 / started.elapsed().as_secs_f64();
-    let batch = cfg.optim.batch;
-    let images = Arc::new(data.train.images);
-    if images.len() < batch {
-        return Err(TrainError::TooFewImages {
-            found: images.len(),
-            batch,
-        });
-    }
-    let aug = Arc::new(AugmentConfig::simsiam(
+    let bench = Bench::new(cfg, Arc::new(data.train.images), steps)?;
+    log::info!(
+        "benchmark: {steps} steps of batch {} at {}px ({} batches per epoch), {} augmentation worker(s)",
+        cfg.optim.batch,
         cfg.data.image_size,
-        cfg.augment.blur,
-    ));
-    let workers = cfg.augment_workers();
-    let seed = cfg.run.seed;
-    // Enough epochs of batches for `steps + 1` steps, in training order.
-    let per_epoch = images.len() / batch;
-    let plan: Vec<(usize, Vec<usize>)> = (0..)
-        .flat_map(|e| {
-            batches(&epoch_order(images.len(), seed, e), batch)
-                .into_iter()
-                .map(move |b| (e, b))
-        })
-        .take(steps + 1)
-        .collect();
-    log::info!("benchmark: {steps} steps of batch {batch} at {}px ({per_epoch} batches per epoch), {workers} augmentation worker(s)", cfg.data.image_size);
-
-    // 1. Data pipeline alone.
-    let t = Instant::now();
-    let produced: usize = plan_loaders(&images, &plan[1..], &aug, seed, workers, cfg.data.prefetch)
-        .map(|b| b.len)
-        .sum();
-    let pipeline_img_per_s = produced as f64 / t.elapsed().as_secs_f64();
-    log::info!("data pipeline: {pipeline_img_per_s:.1} img/s");
-
-    // 2. Compute only: views prepared in advance.
-    let prepared: Vec<_> = plan
-        .iter()
-        .map(|(e, b)| make_batch(&images, b, &aug, seed, *e))
-        .collect();
-    let lr = cfg.lr();
-    let mut s = Session::new(cfg, device);
-    s.step(&prepared[0], lr, lr); // warm-up: allocations, kernel selection
-    let t = Instant::now();
-    for b in &prepared[1..] {
-        s.step(b, lr, lr);
-    }
-    let compute_img_per_s = (steps * batch) as f64 / t.elapsed().as_secs_f64();
-    log::info!("compute only: {compute_img_per_s:.1} img/s");
-    drop(prepared);
-
-    // 3. End to end: a fresh model, workers preparing views while it trains.
-    let mut s = Session::new(cfg, device);
-    let (first_epoch, first) = &plan[0];
-    s.step(
-        &make_batch(&images, first, &aug, seed, *first_epoch),
-        lr,
-        lr,
+        bench.images.len() / cfg.optim.batch,
+        bench.workers
     );
-    let t = Instant::now();
-    for b in plan_loaders(&images, &plan[1..], &aug, seed, workers, cfg.data.prefetch) {
-        s.step(&b, lr, lr);
-    }
-    let end_to_end_img_per_s = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+    let pipeline_img_per_s = bench.pipeline_only();
+    log::info!("data pipeline: {pipeline_img_per_s:.1} img/s");
+    let compute_img_per_s = bench.compute_only(device);
+    log::info!("compute only: {compute_img_per_s:.1} img/s");
+    let end_to_end_img_per_s = bench.end_to_end(device);
     log::info!("end to end: {end_to_end_img_per_s:.1} img/s");
-
     Ok(BenchReport {
-        batch,
+        batch: cfg.optim.batch,
         image_size: cfg.data.image_size,
         steps,
-        workers,
+        workers: bench.workers,
         torch_threads: tch::get_num_threads(),
         decode_img_per_s,
         pipeline_img_per_s,
@@ -117,6 +66,114 @@ pub fn run(cfg: &TrainConfig, steps: usize) -> Result<BenchReport, TrainError> {
         end_to_end_img_per_s,
         end_to_end_ratio: end_to_end_img_per_s / compute_img_per_s,
     })
+}
+
+/// The three measurements over the same images and the same batches.
+struct Bench<'c> {
+    cfg: &'c TrainConfig,
+    images: Arc<Vec<image::RgbImage>>,
+    aug: Arc<AugmentConfig>,
+    workers: usize,
+    /// `steps + 1` batches (epoch, image indices) in training order: a warm-up, then the
+    /// measured ones.
+    plan: Vec<(usize, Vec<usize>)>,
+}
+
+impl<'c> Bench<'c> {
+    fn new(
+        cfg: &'c TrainConfig,
+        images: Arc<Vec<image::RgbImage>>,
+        steps: usize,
+    ) -> Result<Self, TrainError> {
+        let batch = cfg.optim.batch;
+        if images.len() < batch {
+            return Err(TrainError::TooFewImages {
+                found: images.len(),
+                batch,
+            });
+        }
+        let seed = cfg.run.seed;
+        let plan = (0..)
+            .flat_map(|e| {
+                batches(&epoch_order(images.len(), seed, e), batch)
+                    .into_iter()
+                    .map(move |b| (e, b))
+            })
+            .take(steps + 1)
+            .collect();
+        Ok(Self {
+            cfg,
+            aug: Arc::new(AugmentConfig::simsiam(
+                cfg.data.image_size,
+                cfg.augment.blur,
+            )),
+            workers: cfg.augment_workers(),
+            images,
+            plan,
+        })
+    }
+
+    /// Images per second of the measured steps, started at `t`.
+    fn rate(&self, t: Instant) -> f64 {
+        ((self.plan.len() - 1) * self.cfg.optim.batch) as f64 / t.elapsed().as_secs_f64()
+    }
+
+    fn loaders(&self) -> impl Iterator<Item = crate::loader::ViewBatch> + '_ {
+        let (seed, prefetch) = (self.cfg.run.seed, self.cfg.data.prefetch);
+        plan_loaders(
+            &self.images,
+            &self.plan[1..],
+            &self.aug,
+            seed,
+            self.workers,
+            prefetch,
+        )
+    }
+
+    /// The worker threads making views, with no training.
+    fn pipeline_only(&self) -> f64 {
+        let t = Instant::now();
+        let produced: usize = self.loaders().map(|b| b.len).sum();
+        produced as f64 / t.elapsed().as_secs_f64()
+    }
+
+    /// Training steps on views prepared in advance.
+    fn compute_only(&self, device: tch::Device) -> f64 {
+        let seed = self.cfg.run.seed;
+        let prepared: Vec<_> = self
+            .plan
+            .iter()
+            .map(|(e, b)| make_batch(&self.images, b, &self.aug, seed, *e))
+            .collect();
+        let lr = self.cfg.lr();
+        let mut s = Session::new(self.cfg, device);
+        s.step(&prepared[0], lr, lr); // warm-up: allocations, kernel selection
+        let t = Instant::now();
+        for b in &prepared[1..] {
+            s.step(b, lr, lr);
+        }
+        self.rate(t)
+    }
+
+    /// A fresh model trained while the workers prepare its views.
+    fn end_to_end(&self, device: tch::Device) -> f64 {
+        let lr = self.cfg.lr();
+        let mut s = Session::new(self.cfg, device);
+        let (first_epoch, first) = &self.plan[0];
+        let warm_up = make_batch(
+            &self.images,
+            first,
+            &self.aug,
+            self.cfg.run.seed,
+            *first_epoch,
+        );
+        s.step(&warm_up, lr, lr);
+        let t = Instant::now();
+        for b in self.loaders() {
+            s.step(&b, lr, lr);
+        }
+        self.rate(t)
+    }
 }
 
 /// Loaders over a plan that may span epochs: one loader per epoch segment, chained.

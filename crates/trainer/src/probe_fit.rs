@@ -111,36 +111,6 @@ pub fn fit(
     cfg: &ProbeFitConfig,
     device: Device,
 ) -> ProbeFit {
-    let c = classes.len();
-    // Stratified validation split.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let (mut fit_idx, mut val_idx) = (Vec::new(), Vec::new());
-    for class in 0..c {
-        let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == class).collect();
-        idx.shuffle(&mut rng);
-        let n_val = ((idx.len() as f64 * cfg.val_fraction).round() as usize)
-            .min(idx.len().saturating_sub(1));
-        val_idx.extend_from_slice(&idx[..n_val]);
-        fit_idx.extend_from_slice(&idx[n_val..]);
-    }
-    let rows = |idx: &[usize]| -> Vec<f32> {
-        idx.iter()
-            .flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied())
-            .collect()
-    };
-    let pick = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&i| y[i]).collect() };
-
-    let stats = |data: &[f32]| {
-        let t = Tensor::from_slice(data)
-            .view([-1, dim as i64])
-            .to_device(device);
-        let t = &t / t.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
-        let mean = t.mean_dim(Some([0i64].as_slice()), true, Kind::Float);
-        let std = t
-            .std_dim(Some([0i64].as_slice()), false, true)
-            .clamp_min(1e-6);
-        (mean, std)
-    };
     let bar = ProgressBar::new((cfg.weight_decays.len() * cfg.max_epochs + cfg.max_epochs) as u64)
         .with_message("linear probe");
     bar.set_style(
@@ -148,41 +118,16 @@ pub fn fit(
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-
-    // 1. Model selection on the validation slice.
-    let (mean, std) = stats(&rows(&fit_idx));
-    let (xf, yf) = (
-        prepare(&rows(&fit_idx), dim, &mean, &std, device),
-        labels(&pick(&fit_idx), device),
-    );
-    let (xv, yv) = (
-        prepare(&rows(&val_idx), dim, &mean, &std, device),
-        labels(&pick(&val_idx), device),
-    );
-    let mut best = (f64::NEG_INFINITY, 0.0, cfg.max_epochs);
-    for &wd in &cfg.weight_decays {
-        let _ = train(&xf, &yf, c, wd, cfg.max_epochs, cfg, |epoch, w, b| {
-            let acc = if val_idx.is_empty() {
-                0.0
-            } else {
-                accuracy(w, b, &xv, &yv)
-            };
-            if acc > best.0 {
-                best = (acc, wd, epoch);
-            }
-            bar.inc(cfg.eval_every as u64);
-        });
-    }
-    let (val_top1, wd, epochs) = best;
+    let data = Features { x, y, dim, device };
+    let (val_top1, wd, epochs) = select(&data, classes.len(), cfg, &bar);
     log::info!(
         "probe: weight decay {wd}, {epochs} epochs (validation top-1 {:.2}%)",
         val_top1 * 100.0
     );
-
-    // 2. Refit on the whole training split with the chosen settings.
-    let (mean, std) = stats(x);
+    // Refit on the whole training split with the chosen settings.
+    let (mean, std) = data.stats(x);
     let (xa, ya) = (prepare(x, dim, &mean, &std, device), labels(y, device));
-    let (w, b) = train(&xa, &ya, c, wd, epochs, cfg, |_, _, _| {
+    let (w, b) = train(&xa, &ya, classes.len(), wd, epochs, cfg, |_, _, _| {
         bar.inc(cfg.eval_every as u64)
     });
     bar.finish_and_clear();
@@ -200,6 +145,96 @@ pub fn fit(
         epochs,
     };
     ProbeFit { probe, val_top1 }
+}
+
+/// Training features and labels, and the device the probe trains on.
+struct Features<'a> {
+    x: &'a [f32],
+    y: &'a [usize],
+    dim: usize,
+    device: Device,
+}
+
+impl Features<'_> {
+    /// The rows at `idx`, back to back.
+    fn rows(&self, idx: &[usize]) -> Vec<f32> {
+        idx.iter()
+            .flat_map(|&i| self.x[i * self.dim..(i + 1) * self.dim].iter().copied())
+            .collect()
+    }
+
+    fn labels_at(&self, idx: &[usize]) -> Vec<usize> {
+        idx.iter().map(|&i| self.y[i]).collect()
+    }
+
+    /// Per-dimension mean and std of the l2-normalised rows of `data`: the probe's
+    /// standardisation.
+    fn stats(&self, data: &[f32]) -> (Tensor, Tensor) {
+        let t = Tensor::from_slice(data)
+            .view([-1, self.dim as i64])
+            .to_device(self.device);
+        let t = &t / t.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+        let mean = t.mean_dim(Some([0i64].as_slice()), true, Kind::Float);
+        let std = t
+            .std_dim(Some([0i64].as_slice()), false, true)
+            .clamp_min(1e-6);
+        (mean, std)
+    }
+}
+
+/// Indices of a stratified split: `fraction` of each class (keeping at least one image
+/// for fitting) goes to validation. Returns (fit, validation).
+fn stratified_split(
+    y: &[usize],
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (mut fit_idx, mut val_idx) = (Vec::new(), Vec::new());
+    for class in 0..classes {
+        let mut idx: Vec<usize> = (0..y.len()).filter(|&i| y[i] == class).collect();
+        idx.shuffle(&mut rng);
+        let n_val =
+            ((idx.len() as f64 * fraction).round() as usize).min(idx.len().saturating_sub(1));
+        val_idx.extend_from_slice(&idx[..n_val]);
+        fit_idx.extend_from_slice(&idx[n_val..]);
+    }
+    (fit_idx, val_idx)
+}
+
+/// Model selection: every weight decay trained on the fitting slice, scored on the
+/// validation slice every `eval_every` epochs. Returns (best top-1, weight decay, epochs).
+fn select(
+    data: &Features,
+    classes: usize,
+    cfg: &ProbeFitConfig,
+    bar: &ProgressBar,
+) -> (f64, f64, usize) {
+    let (fit_idx, val_idx) = stratified_split(data.y, classes, cfg.val_fraction, cfg.seed);
+    let (mean, std) = data.stats(&data.rows(&fit_idx));
+    let prepared = |idx: &[usize]| {
+        (
+            prepare(&data.rows(idx), data.dim, &mean, &std, data.device),
+            labels(&data.labels_at(idx), data.device),
+        )
+    };
+    let ((xf, yf), (xv, yv)) = (prepared(&fit_idx), prepared(&val_idx));
+    let mut best = (f64::NEG_INFINITY, 0.0, cfg.max_epochs);
+    for &wd in &cfg.weight_decays {
+        let _ = train(&xf, &yf, classes, wd, cfg.max_epochs, cfg, |epoch, w, b| {
+            let acc = if val_idx.is_empty() {
+                0.0
+            } else {
+                accuracy(w, b, &xv, &yv)
+            };
+            if acc > best.0 {
+                best = (acc, wd, epoch);
+            }
+            bar.inc(cfg.eval_every as u64);
+        });
+    }
+    best
 }
 
 #[cfg(test)]

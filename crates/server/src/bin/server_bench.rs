@@ -68,13 +68,25 @@ fn main() -> Result<()> {
     }
     let cfg = ServerConfig::load(cli.config.as_deref(), overrides)?;
     let (jpegs, source) = request_images(cli.images.as_deref(), 64)?;
-    let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64 / 1e3;
     let bare_batch = cli.bare_batch.unwrap_or(cfg.batching.max_batch);
     let bare = BareSession::new(&cfg, &jpegs, bare_batch)?;
     let gallery = tempfile::tempdir()?;
     let mut server =
         ServerProcess::start(&cfg, cli.config.as_deref(), gallery.path(), &cli.server_log)?;
-    let threads = match (cfg.inference.threads, bare_threads(&cfg)) {
+    print_setup(&cli, &cfg, &jpegs, &source, bare_batch);
+    let jpegs = Arc::new(jpegs);
+    for &c in &cli.concurrency {
+        measure_level(&server.addr, &jpegs, c, &cli, &bare)?;
+    }
+    print_stages(&server.addr)?;
+    server.stop();
+    Ok(())
+}
+
+/// What is measured and how, then the table's header.
+fn print_setup(cli: &Cli, cfg: &ServerConfig, jpegs: &[Vec<u8>], source: &str, bare_batch: usize) {
+    let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64 / 1e3;
+    let threads = match (cfg.inference.threads, bare_threads(cfg)) {
         (0, _) => "one per core".to_string(),
         (t, b) => format!(
             "{t} per session × {} sessions (bare session: {b})",
@@ -97,43 +109,49 @@ fn main() -> Result<()> {
         "{:>11} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}",
         "concurrency", "img/s", "p50 ms", "p99 ms", "mean batch", "bare img/s", "ratio"
     );
-    let jpegs = Arc::new(jpegs);
-    for &c in &cli.concurrency {
-        // Warm-up: connections, allocator, ONNX Runtime's first runs.
-        run_level(&server.addr, &jpegs, c, c.max(8))?;
-        let before = batch_stats(&server.addr)?;
-        let (mut rates, mut bare_rates, mut ratios, mut lat) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..cli.rounds {
-            // Back to back, so a slow phase of the machine hits both sides of the ratio.
-            let b = bare.rate(cli.requests)?;
-            let r = run_level(&server.addr, &jpegs, c, cli.requests)?;
-            ratios.push(r.rate / b);
-            rates.push(r.rate);
-            bare_rates.push(b);
-            lat.extend(r.latencies);
-        }
-        let after = batch_stats(&server.addr)?;
-        let mean_batch = (after.0 - before.0) / (after.1 - before.1).max(1.0);
-        lat.sort_by(f64::total_cmp);
-        println!(
-            "{c:>11} {:>9.1} {:>9.1} {:>9.1} {mean_batch:>11.1} {:>11.1} {:>6.2}x",
-            median(&rates),
-            percentile(&lat, 0.5) * 1e3,
-            percentile(&lat, 0.99) * 1e3,
-            median(&bare_rates),
-            median(&ratios)
-        );
-        println!(
-            "{:>11} per-round ratios: {}",
-            "",
-            ratios
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+}
+
+/// One concurrency level: a warm-up, then `cli.rounds` rounds of a bare run and a server
+/// run back to back; prints the table row and the per-round ratios.
+fn measure_level(
+    addr: &str,
+    jpegs: &Arc<Vec<Vec<u8>>>,
+    c: usize,
+    cli: &Cli,
+    bare: &BareSession,
+) -> Result<()> {
+    // Warm-up: connections, allocator, ONNX Runtime's first runs.
+    run_level(addr, jpegs, c, c.max(8))?;
+    let before = batch_stats(addr)?;
+    let (mut rates, mut bare_rates, mut ratios, mut lat) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..cli.rounds {
+        // Back to back, so a slow phase of the machine hits both sides of the ratio.
+        let b = bare.rate(cli.requests)?;
+        let r = run_level(addr, jpegs, c, cli.requests)?;
+        ratios.push(r.rate / b);
+        rates.push(r.rate);
+        bare_rates.push(b);
+        lat.extend(r.latencies);
     }
-    let text = metrics_text(&server.addr)?;
+    let after = batch_stats(addr)?;
+    let mean_batch = (after.0 - before.0) / (after.1 - before.1).max(1.0);
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{c:>11} {:>9.1} {:>9.1} {:>9.1} {mean_batch:>11.1} {:>11.1} {:>6.2}x",
+        median(&rates),
+        percentile(&lat, 0.5) * 1e3,
+        percentile(&lat, 0.99) * 1e3,
+        median(&bare_rates),
+        median(&ratios)
+    );
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    println!("{:>11} per-round ratios: {}", "", each.join(" "));
+    Ok(())
+}
+
+/// The server's mean time per stage over the whole benchmark, from its metrics.
+fn print_stages(addr: &str) -> Result<()> {
+    let text = metrics_text(addr)?;
     let stage = |name: &str| {
         let get = |suffix: &str| {
             metric(
@@ -149,7 +167,6 @@ fn main() -> Result<()> {
         stage("preprocess"),
         stage("inference")
     );
-    server.stop();
     Ok(())
 }
 

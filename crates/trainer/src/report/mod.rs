@@ -138,10 +138,9 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
+// Writing to a String cannot fail, so the results of writeln! are ignored below.
 fn markdown(r: &EvalReport) -> String {
-    let (t, b) = (&r.trained, &r.random_init);
     let mut md = String::new();
-    // Writing to a String cannot fail, so the results of writeln! are ignored.
     let _ = writeln!(md, "# Evaluation of {}\n", r.run);
     let _ = writeln!(md, "- checkpoint: `{}` (epoch {})", r.checkpoint, r.epoch);
     let _ = writeln!(
@@ -157,7 +156,23 @@ fn markdown(r: &EvalReport) -> String {
         r.classes.len(),
         r.knn_temperature
     );
+    summary_section(&mut md, &r.trained, &r.random_init);
+    let _ = writeln!(md, "## Plots\n");
+    let _ = writeln!(
+        md,
+        "- [Linear probe confusion matrix](confusion.png): rows are true breeds, \
+         columns predictions, ordered so that breeds confused with each other sit together."
+    );
+    let _ = writeln!(
+        md,
+        "- [kNN top-1 during training](knn_curve.png), with the random-init encoder as reference.\n"
+    );
+    per_breed_section(&mut md, &r.per_class);
+    md
+}
 
+/// Every figure beside its random-init baseline, and the probe settings chosen.
+fn summary_section(md: &mut String, t: &EncoderScores, b: &EncoderScores) {
     let _ = writeln!(md, "## Summary\n");
     let _ = writeln!(md, "| metric | trained | random init | difference |");
     let _ = writeln!(md, "|---|---:|---:|---:|");
@@ -190,18 +205,10 @@ fn markdown(r: &EvalReport) -> String {
         b.probe_epochs,
         pct(b.probe_val_top1)
     );
+}
 
-    let _ = writeln!(md, "## Plots\n");
-    let _ = writeln!(
-        md,
-        "- [Linear probe confusion matrix](confusion.png): rows are true breeds, \
-         columns predictions, ordered so that breeds confused with each other sit together."
-    );
-    let _ = writeln!(
-        md,
-        "- [kNN top-1 during training](knn_curve.png), with the random-init encoder as reference.\n"
-    );
-
+/// One row per breed, best probe accuracy first.
+fn per_breed_section(md: &mut String, rows: &[ClassRow]) {
     let _ = writeln!(md, "## Per breed\n");
     let _ = writeln!(
         md,
@@ -212,13 +219,13 @@ fn markdown(r: &EvalReport) -> String {
         "| breed | test images | linear probe | kNN | random-init probe |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
-    let mut per_class: Vec<&ClassRow> = r.per_class.iter().collect();
-    per_class.sort_by(|a, b| {
+    let mut sorted: Vec<&ClassRow> = rows.iter().collect();
+    sorted.sort_by(|a, b| {
         b.probe_acc
             .total_cmp(&a.probe_acc)
             .then_with(|| a.breed.cmp(&b.breed))
     });
-    for row in per_class {
+    for row in sorted {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} |",
@@ -229,5 +236,4 @@ fn markdown(r: &EvalReport) -> String {
             pct(row.random_probe_acc)
         );
     }
-    md
 }

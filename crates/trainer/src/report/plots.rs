@@ -119,6 +119,8 @@ pub fn confusion_png(
     draw_confusion(confusion, classes, title, path).map_err(plot_err(path))
 }
 
+type Canvas<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
 fn draw_confusion(
     confusion: &[Vec<u32>],
     classes: &[String],
@@ -128,21 +130,34 @@ fn draw_confusion(
     let n = classes.len();
     let order = cluster_order(confusion);
     let layout = Layout::new(n);
-    let side = layout.side(n) as i32;
-    let (left, top, cell) = (layout.left as i32, layout.top as i32, layout.cell as i32);
     let root = BitMapBackend::new(path, layout.canvas(n)).into_drawing_area();
     root.fill(&WHITE)?;
-
+    let side = layout.side(n) as i32;
     root.draw(&Text::new(
         title.to_string(),
-        (left + side / 2, TITLE as i32 / 2),
+        (layout.left as i32 + side / 2, TITLE as i32 / 2),
         ("sans-serif", 28)
             .into_font()
             .color(&BLACK)
             .pos(Pos::new(HPos::Center, VPos::Center)),
     ))?;
+    draw_cells(&root, &layout, confusion, &order)?;
+    draw_breed_names(&root, &layout, classes, &order)?;
+    draw_color_bar(&root, &layout, n)?;
+    root.present()?;
+    Ok(())
+}
 
-    // Cells; with room to spare, the share in percent is written into each non-empty one.
+/// The matrix: one cell per (true, predicted) pair in display order, coloured by its
+/// share of the row; with room to spare, the share in percent is written into each
+/// non-empty cell.
+fn draw_cells(
+    root: &Canvas,
+    layout: &Layout,
+    confusion: &[Vec<u32>],
+    order: &[usize],
+) -> DrawResult {
+    let cell = layout.cell as i32;
     let cell_font = (cell / 3).min(16) as f64;
     for (r, &t) in order.iter().enumerate() {
         let total: u32 = confusion[t].iter().sum();
@@ -170,12 +185,28 @@ fn draw_confusion(
             }
         }
     }
+    let (left, top, side) = (
+        layout.left as i32,
+        layout.top as i32,
+        layout.side(order.len()) as i32,
+    );
     root.draw(&Rectangle::new(
         [(left, top), (left + side, top + side)],
         BLACK.stroke_width(1),
     ))?;
+    Ok(())
+}
 
-    // Breed names: rows at the left, columns below and rotated to read bottom-up.
+/// Breed names: rows at the left, columns below and rotated to read bottom-up; then
+/// the two axis titles.
+fn draw_breed_names(
+    root: &Canvas,
+    layout: &Layout,
+    classes: &[String],
+    order: &[usize],
+) -> DrawResult {
+    let (left, top, cell) = (layout.left as i32, layout.top as i32, layout.cell as i32);
+    let side = layout.side(order.len()) as i32;
     let font = ("sans-serif", layout.font).into_font();
     let fit = LABEL_AREA as i32 - 8;
     for (i, &class) in order.iter().enumerate() {
@@ -210,9 +241,14 @@ fn draw_confusion(
             .pos(Pos::new(HPos::Center, VPos::Center))
             .transform(FontTransform::Rotate270),
     ))?;
+    Ok(())
+}
 
-    // Colour bar: position is linear in the row share, so the ticks are evenly spaced.
-    let bar_x = left + side + 20;
+/// The colour bar right of the matrix: position is linear in the row share, so the
+/// ticks are evenly spaced.
+fn draw_color_bar(root: &Canvas, layout: &Layout, n: usize) -> DrawResult {
+    let (top, side) = (layout.top as i32, layout.side(n) as i32);
+    let bar_x = layout.left as i32 + side + 20;
     for y in 0..side {
         let share = 1.0 - f64::from(y) / f64::from(side.max(2) - 1);
         root.draw(&Rectangle::new(
@@ -235,7 +271,6 @@ fn draw_confusion(
                 .pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
     }
-    root.present()?;
     Ok(())
 }
 

@@ -1,22 +1,8 @@
 //! The cache's tests on files the tests write: good, misnamed, broken and missing images.
 
 use super::*;
-use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage};
-use std::io::Cursor;
+use image::{GrayImage, ImageFormat, Rgb};
 use tempfile::TempDir;
-
-fn png_bytes(img: impl Into<DynamicImage>) -> Vec<u8> {
-    let mut out = Cursor::new(Vec::new());
-    img.into().write_to(&mut out, ImageFormat::Png).unwrap();
-    out.into_inner()
-}
-
-fn jpeg_bytes(img: impl Into<DynamicImage>) -> Vec<u8> {
-    let mut out = Vec::new();
-    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 100);
-    img.into().write_with_encoder(encoder).unwrap();
-    out
-}
 
 /// 32×16 (w×h): the top-left 16×8 quadrant red, the rest blue.
 fn quadrant_pattern() -> RgbImage {
@@ -27,10 +13,6 @@ fn quadrant_pattern() -> RgbImage {
             Rgb([0, 0, 255])
         }
     })
-}
-
-fn is_red(p: &Rgb<u8>) -> bool {
-    p[0] > 200 && p[1] < 60 && p[2] < 60
 }
 
 #[test]
@@ -72,20 +54,33 @@ fn crop_to_box_clamps_and_falls_back() {
 #[test]
 fn decode_samples_keeps_good_files_in_order_and_names_bad_ones() {
     let dir = TempDir::new().unwrap();
+    let path = |name: &str| dir.path().join(name);
     let write = |name: &str, bytes: &[u8]| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
+        std::fs::write(path(name), bytes).unwrap();
+        path(name)
     };
-    let jpeg = jpeg_bytes(quadrant_pattern());
+    let save = |name: &str, img: image::DynamicImage, format| {
+        img.save_with_format(path(name), format).unwrap();
+        path(name)
+    };
+    let good = save("a_good.jpg", quadrant_pattern().into(), ImageFormat::Jpeg);
+    let jpeg = std::fs::read(&good).unwrap();
     let files = [
-        write("a_good.jpg", &jpeg),
+        good,
         write("b_noise.jpg", &[0x42; 300]),
-        write("c_png_named.jpg", &png_bytes(RgbImage::new(40, 20))),
+        save(
+            "c_png_named.jpg",
+            RgbImage::new(40, 20).into(),
+            ImageFormat::Png,
+        ),
         write("d_empty.jpg", &[]),
         write("e_truncated.jpg", &jpeg[..100]),
-        dir.path().join("f_missing.jpg"),
-        write("g_gray.jpg", &jpeg_bytes(GrayImage::new(8, 24))),
+        path("f_missing.jpg"),
+        save(
+            "g_gray.jpg",
+            GrayImage::new(8, 24).into(),
+            ImageFormat::Jpeg,
+        ),
     ];
     let bbox = Some(BBox {
         xmin: 0,
@@ -110,7 +105,8 @@ fn decode_samples_keeps_good_files_in_order_and_names_bad_ones() {
     );
     // The box crops the red 16×8 quadrant, then the shorter side becomes 4.
     assert_eq!(out.images[0].dimensions(), (8, 4));
-    assert!(is_red(out.images[0].get_pixel(4, 2)));
+    let p = out.images[0].get_pixel(4, 2);
+    assert!(p[0] > 200 && p[1] < 60 && p[2] < 60, "red: {p:?}");
     assert_eq!(out.images[1].dimensions(), (8, 4));
     assert_eq!(out.images[2].dimensions(), (4, 12));
     let skipped: Vec<&PathBuf> = out.skipped.iter().map(|s| &s.path).collect();

@@ -123,6 +123,50 @@ pub(super) fn parse_matrix(
         return Ok((String::new(), value));
     }
     let end = tag.data.end;
+    let h = header(buf, tag)?;
+    let value = match h.class {
+        MX_CELL => MatValue::Cell {
+            items: cell_items(buf, h.data_at, end, h.count, depth)?,
+            dims: h.dims,
+        },
+        MX_CHAR => {
+            let data = sub_element(buf, h.data_at, end)?;
+            MatValue::Char(decode_chars(
+                &buf[data.data.clone()],
+                &data,
+                &h.dims,
+                h.count,
+            )?)
+        }
+        6..=15 => {
+            let real = sub_element(buf, h.data_at, end)?;
+            let data = numbers(&buf[real.data.clone()], &real)?;
+            if data.len() != h.count {
+                return Err(malformed(
+                    real.offset,
+                    &format!("{} values for dimensions {:?}", data.len(), h.dims),
+                ));
+            }
+            MatValue::Numeric { dims: h.dims, data }
+        }
+        other => MatValue::Unsupported(other),
+    };
+    Ok((h.name, value))
+}
+
+/// The sub-elements every array starts with: flags (class), dimensions, name.
+struct Header {
+    class: u8,
+    dims: Vec<usize>,
+    /// Number of elements the dimensions imply.
+    count: usize,
+    name: String,
+    /// Offset of the first data sub-element.
+    data_at: usize,
+}
+
+fn header(buf: &[u8], tag: &Tag) -> Result<Header, MatError> {
+    let end = tag.data.end;
     let flags = sub_element(buf, tag.data.start, end)?;
     expect_type(&flags, &[MI_UINT32], "array flags (miUINT32)")?;
     let class = buf
@@ -143,38 +187,31 @@ pub(super) fn parse_matrix(
         .ok_or_else(|| malformed(dims_tag.offset, "dimensions overflow"))?;
     let name_tag = sub_element(buf, dims_tag.next, end)?;
     expect_type(&name_tag, &[MI_INT8, MI_UINT8], "array name (miINT8)")?;
-    let name = String::from_utf8_lossy(&buf[name_tag.data.clone()]).into_owned();
-    let pos = name_tag.next;
-    let value = match class {
-        MX_CELL => {
-            let mut items = Vec::new();
-            let mut item_pos = pos;
-            for _ in 0..count {
-                let item = sub_element(buf, item_pos, end)?;
-                expect_type(&item, &[MI_MATRIX], "cell element (miMATRIX)")?;
-                items.push(parse_matrix(buf, &item, depth + 1)?.1);
-                item_pos = item.next;
-            }
-            MatValue::Cell { dims, items }
-        }
-        MX_CHAR => {
-            let data = sub_element(buf, pos, end)?;
-            MatValue::Char(decode_chars(&buf[data.data.clone()], &data, &dims, count)?)
-        }
-        6..=15 => {
-            let real = sub_element(buf, pos, end)?;
-            let data = numbers(&buf[real.data.clone()], &real)?;
-            if data.len() != count {
-                return Err(malformed(
-                    real.offset,
-                    &format!("{} values for dimensions {dims:?}", data.len()),
-                ));
-            }
-            MatValue::Numeric { dims, data }
-        }
-        other => MatValue::Unsupported(other),
-    };
-    Ok((name, value))
+    Ok(Header {
+        class,
+        dims,
+        count,
+        name: String::from_utf8_lossy(&buf[name_tag.data.clone()]).into_owned(),
+        data_at: name_tag.next,
+    })
+}
+
+/// The `count` arrays of a cell, each a nested `miMATRIX`.
+fn cell_items(
+    buf: &[u8],
+    mut pos: usize,
+    end: usize,
+    count: usize,
+    depth: usize,
+) -> Result<Vec<MatValue>, MatError> {
+    let mut items = Vec::new();
+    for _ in 0..count {
+        let item = sub_element(buf, pos, end)?;
+        expect_type(&item, &[MI_MATRIX], "cell element (miMATRIX)")?;
+        items.push(parse_matrix(buf, &item, depth + 1)?.1);
+        pos = item.next;
+    }
+    Ok(items)
 }
 
 pub(super) fn malformed(offset: usize, message: &str) -> MatError {
