@@ -232,5 +232,10 @@ fn subset<T>(items: Vec<T>, label: impl Fn(&T) -> usize, opts: &DatasetOptions) 
         .collect()
 }
 
+/// The shared copy of the real data beside the project (`../shared/data`), which tests
+/// that need real files read, skipping with a message when it is absent.
+#[cfg(test)]
+pub(crate) const SHARED_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data");
+
 #[cfg(test)]
 mod tests;
