@@ -33,6 +33,12 @@ pub enum BundleError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: not valid JSON for this file: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// Well-formed, but inconsistent: a required file not listed, lengths that disagree.
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("bundle file {file} does not match its sha256 in the manifest (expected {expected}, found {found}): the bundle is corrupt or was modified")]
@@ -45,6 +51,13 @@ pub enum BundleError {
     MissingFile { file: String, dir: PathBuf },
     #[error(transparent)]
     Probe(#[from] ProbeError),
+}
+
+fn json(path: &Path) -> impl FnOnce(serde_json::Error) -> BundleError + '_ {
+    move |source| BundleError::Json {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
@@ -201,10 +214,7 @@ pub fn write_manifest(
             .insert((*f).to_string(), hash_file(&dir.join(f))?);
     }
     let path = dir.join(MANIFEST);
-    let text = serde_json::to_string_pretty(manifest).map_err(|e| BundleError::Invalid {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let text = serde_json::to_string_pretty(manifest).map_err(json(&path))?;
     write_atomic(&path, text.as_bytes())
 }
 
@@ -220,10 +230,7 @@ impl Bundle {
     pub fn open(dir: &Path) -> Result<Self, BundleError> {
         let path = dir.join(MANIFEST);
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| BundleError::Invalid {
-            path: path.clone(),
-            message: format!("not a valid manifest: {e}"),
-        })?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(json(&path))?;
         for required in [ENCODER, PROBE] {
             if !manifest.files.contains_key(required) {
                 return Err(BundleError::Invalid {
@@ -260,8 +267,35 @@ impl Bundle {
         std::fs::read(&p).map_err(io(&p))
     }
 
+    /// The breed classifier, checked against the manifest: the same classes in the same
+    /// order, and features as wide as the encoder's embeddings.
     pub fn probe(&self) -> Result<LinearProbe, BundleError> {
-        Ok(LinearProbe::load(&self.dir.join(PROBE))?)
+        let probe = LinearProbe::load(&self.dir.join(PROBE))?;
+        let m = &self.manifest;
+        let mismatch = |message: String| BundleError::Invalid {
+            path: self.dir.join(PROBE),
+            message,
+        };
+        if probe.feature_dim != m.embedding.dim {
+            return Err(mismatch(format!(
+                "the probe takes {}-d features, but the manifest's embeddings are {}-d",
+                probe.feature_dim, m.embedding.dim
+            )));
+        }
+        if probe.classes.len() != m.classes.len() {
+            return Err(mismatch(format!(
+                "the probe has {} classes, the manifest {}",
+                probe.classes.len(),
+                m.classes.len()
+            )));
+        }
+        if let Some(i) = (0..m.classes.len()).find(|&i| probe.classes[i] != m.classes[i]) {
+            return Err(mismatch(format!(
+                "class {i} is {:?} in the probe but {:?} in the manifest",
+                probe.classes[i], m.classes[i]
+            )));
+        }
+        Ok(probe)
     }
 
     /// The gallery the bundle ships, which seeds a server's gallery on its first start.
@@ -308,21 +342,14 @@ impl SeedGallery {
         let bytes: Vec<u8> = self.vectors.iter().flat_map(|v| v.to_le_bytes()).collect();
         write_atomic(&dir.join(GALLERY_VECTORS), &bytes)?;
         let path = dir.join(GALLERY_META);
-        let text = serde_json::to_string(&self.meta).map_err(|e| BundleError::Invalid {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let text = serde_json::to_string(&self.meta).map_err(json(&path))?;
         write_atomic(&path, text.as_bytes())
     }
 
     pub fn load(dir: &Path) -> Result<Self, BundleError> {
         let path = dir.join(GALLERY_META);
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let meta: SeedGalleryMeta =
-            serde_json::from_str(&text).map_err(|e| BundleError::Invalid {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let meta: SeedGalleryMeta = serde_json::from_str(&text).map_err(json(&path))?;
         let vpath = dir.join(GALLERY_VECTORS);
         let bytes = std::fs::read(&vpath).map_err(io(&vpath))?;
         let n = meta.ids.len();

@@ -121,3 +121,44 @@ fn gallery_round_trips_and_is_verified() {
         "inconsistent lengths are refused"
     );
 }
+
+/// A change to the test probe, and the message that must name it.
+type ProbeCase = (fn(&mut LinearProbe), &'static str);
+
+#[test]
+fn a_probe_that_disagrees_with_the_manifest_is_refused_naming_both_values() {
+    let cases: [ProbeCase; 3] = [
+        (
+            |p| {
+                p.classes.push("c".into());
+                p.bias.push(0.0);
+                p.weight.extend([0.0; 2]);
+            },
+            "the probe has 3 classes, the manifest 2",
+        ),
+        (
+            |p| p.classes.swap(0, 1),
+            "class 0 is \"b\" in the probe but \"a\" in the manifest",
+        ),
+        (
+            |p| {
+                p.feature_dim = 1;
+                p.mean.truncate(1);
+                p.std.truncate(1);
+                p.weight.truncate(2);
+            },
+            "the probe takes 1-d features, but the manifest's embeddings are 2-d",
+        ),
+    ];
+    for (change, message) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(ENCODER), b"not really onnx").expect("write");
+        let mut p = probe();
+        change(&mut p);
+        p.save(&dir.path().join(PROBE)).expect("probe");
+        write_manifest(dir.path(), &mut manifest(), &[ENCODER, PROBE]).expect("manifest");
+        let b = Bundle::open(dir.path()).expect("hashes match");
+        let err = b.probe().unwrap_err().to_string();
+        assert!(err.contains(message) && err.contains("probe.json"), "{err}");
+    }
+}

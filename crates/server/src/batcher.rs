@@ -60,12 +60,13 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts one inference thread per encoder.
+    /// Starts one inference thread per encoder; fails only when the system refuses a
+    /// thread.
     pub fn start(
         encoders: Vec<Box<dyn Encoder>>,
         cfg: &BatchingConfig,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let dim = encoders.first().map_or(0, |e| e.dim());
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
         let preparing = Arc::new(AtomicUsize::new(0));
@@ -83,17 +84,16 @@ impl Batcher {
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
                     .spawn(move || worker(encoder, queue, metrics))
-                    .expect("spawning an inference thread")
             })
-            .collect();
-        Self {
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self {
             tx: Some(tx),
             threads,
             metrics,
             capacity: cfg.queue_capacity,
             dim,
             preparing,
-        }
+        })
     }
 
     /// Announces a request that may bring images, so that a run about to start waits for
@@ -318,7 +318,8 @@ mod tests {
             queue_capacity: capacity,
         };
         (
-            Batcher::start(vec![Box::new(echo)], &cfg, Arc::new(Metrics::default())),
+            Batcher::start(vec![Box::new(echo)], &cfg, Arc::new(Metrics::default()))
+                .expect("start"),
             runs,
         )
     }

@@ -134,7 +134,7 @@ pub struct BatchingConfig {
     /// Most images in one model run.
     pub max_batch: usize,
     /// How long a run waits, at most, for more images once it has its first. Under light
-    /// load it stops waiting as soon as nothing more is on its way (see `server::batcher`).
+    /// load it stops waiting as soon as nothing more is on its way (see [`crate::batcher`]).
     pub max_wait_ms: u64,
     /// Most images waiting for the model; beyond it requests get 503 with Retry-After.
     pub queue_capacity: usize,

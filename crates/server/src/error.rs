@@ -12,6 +12,7 @@ use crate::pipeline::EmbedError;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+use simsiam::probe::ProbeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -63,6 +64,18 @@ impl From<GalleryError> for ApiError {
             GalleryError::Corrupt { .. } | GalleryError::Io(_) => {
                 ApiError::Internal(format!("gallery: {e}"))
             }
+        }
+    }
+}
+
+/// The probe was checked against the model at start-up, so a failure here is the server's.
+impl From<ProbeError> for ApiError {
+    fn from(e: ProbeError) -> Self {
+        match e {
+            ProbeError::Dimension { .. }
+            | ProbeError::Invalid(_)
+            | ProbeError::Io { .. }
+            | ProbeError::Parse { .. } => ApiError::Internal(format!("probe: {e}")),
         }
     }
 }

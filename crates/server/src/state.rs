@@ -26,6 +26,8 @@ pub enum StartError {
     Runtime(#[from] simsiam::runtime::RuntimeError),
     #[error("gallery: {0}")]
     Gallery(#[from] GalleryError),
+    #[error("cannot start the inference threads: {0}")]
+    Spawn(std::io::Error),
     #[error("gallery {dir} holds {found}-d vectors but model {model} makes {expected}-d ones: point gallery.dir elsewhere or delete it")]
     GalleryModel {
         dir: PathBuf,
@@ -80,7 +82,8 @@ impl AppState {
             provider
         );
         let metrics = Arc::new(Metrics::default());
-        let batcher = Batcher::start(encoders, &cfg.batching, metrics.clone());
+        let batcher =
+            Batcher::start(encoders, &cfg.batching, metrics.clone()).map_err(StartError::Spawn)?;
         let breeds: Vec<String> = m.classes.iter().map(|c| breed_name(c)).collect();
         let gallery = open_gallery(&cfg, &bundle, &breeds)?;
         metrics

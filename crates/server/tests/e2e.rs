@@ -54,17 +54,19 @@ impl Server {
         let port = free_port();
         let log = gallery.with_extension(format!("{port}.log"));
         let mut cmd = Command::new(SERVER);
-        cmd.args([
-            "--model",
-            fixture().bundle.to_str().expect("utf8"),
-            "--port",
-            &port.to_string(),
-        ])
-        .arg("--gallery-dir")
-        .arg(gallery)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"));
+        // From the project folder, as users run it: `config/server.toml` is read.
+        cmd.current_dir(ROOT)
+            .args([
+                "--model",
+                fixture().bundle.to_str().expect("utf8"),
+                "--port",
+                &port.to_string(),
+            ])
+            .arg("--gallery-dir")
+            .arg(gallery)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -752,7 +754,8 @@ fn start_up_failures_end_with_one_clear_message() {
     let dir = tempfile::tempdir().expect("tmp");
     let run = |args: &[&str], envs: &[(&str, &str)]| {
         let mut cmd = Command::new(SERVER);
-        cmd.args(args)
+        cmd.current_dir(ROOT)
+            .args(args)
             .arg("--gallery-dir")
             .arg(dir.path().join("g"));
         for (k, v) in envs {

@@ -40,7 +40,7 @@ pub fn run(cfg: &TrainConfig, steps: usize) -> Result<BenchReport, TrainError> {
     let data = load_data(cfg)?;
     let decode_img_per_s =
         (data.train.images.len() + data.test.images.len()) as f64 / started.elapsed().as_secs_f64();
-    let bench = Bench::new(cfg, Arc::new(data.train.images), steps)?;
+    let bench = Bench::new(cfg, Arc::new(data.train.images), steps, device)?;
     log::info!(
         "benchmark: {steps} steps of batch {} at {}px ({} batches per epoch), {} augmentation worker(s)",
         cfg.optim.batch,
@@ -48,11 +48,11 @@ pub fn run(cfg: &TrainConfig, steps: usize) -> Result<BenchReport, TrainError> {
         bench.images.len() / cfg.optim.batch,
         bench.workers
     );
-    let pipeline_img_per_s = bench.pipeline_only();
+    let pipeline_img_per_s = bench.pipeline_only()?;
     log::info!("data pipeline: {pipeline_img_per_s:.1} img/s");
     let compute_img_per_s = bench.compute_only(device);
     log::info!("compute only: {compute_img_per_s:.1} img/s");
-    let end_to_end_img_per_s = bench.end_to_end(device);
+    let end_to_end_img_per_s = bench.end_to_end(device)?;
     log::info!("end to end: {end_to_end_img_per_s:.1} img/s");
     Ok(BenchReport {
         batch: cfg.optim.batch,
@@ -84,6 +84,7 @@ impl<'c> Bench<'c> {
         cfg: &'c TrainConfig,
         images: Arc<Vec<image::RgbImage>>,
         steps: usize,
+        device: tch::Device,
     ) -> Result<Self, TrainError> {
         let batch = cfg.optim.batch;
         if images.len() < batch {
@@ -107,7 +108,7 @@ impl<'c> Bench<'c> {
                 cfg.data.image_size,
                 cfg.augment.blur,
             )),
-            workers: cfg.augment_workers(),
+            workers: cfg.augment_workers(device),
             images,
             plan,
         })
@@ -118,7 +119,7 @@ impl<'c> Bench<'c> {
         ((self.plan.len() - 1) * self.cfg.optim.batch) as f64 / t.elapsed().as_secs_f64()
     }
 
-    fn loaders(&self) -> impl Iterator<Item = crate::loader::ViewBatch> + '_ {
+    fn loaders(&self) -> impl Iterator<Item = Result<crate::loader::ViewBatch, TrainError>> + '_ {
         let (seed, prefetch) = (self.cfg.run.seed, self.cfg.data.prefetch);
         plan_loaders(
             &self.images,
@@ -131,10 +132,13 @@ impl<'c> Bench<'c> {
     }
 
     /// The worker threads making views, with no training.
-    fn pipeline_only(&self) -> f64 {
+    fn pipeline_only(&self) -> Result<f64, TrainError> {
         let t = Instant::now();
-        let produced: usize = self.loaders().map(|b| b.len).sum();
-        produced as f64 / t.elapsed().as_secs_f64()
+        let mut produced = 0;
+        for b in self.loaders() {
+            produced += b?.len;
+        }
+        Ok(produced as f64 / t.elapsed().as_secs_f64())
     }
 
     /// Training steps on views prepared in advance.
@@ -156,7 +160,7 @@ impl<'c> Bench<'c> {
     }
 
     /// A fresh model trained while the workers prepare its views.
-    fn end_to_end(&self, device: tch::Device) -> f64 {
+    fn end_to_end(&self, device: tch::Device) -> Result<f64, TrainError> {
         let lr = self.cfg.lr();
         let mut s = Session::new(self.cfg, device);
         let (first_epoch, first) = &self.plan[0];
@@ -170,9 +174,9 @@ impl<'c> Bench<'c> {
         s.step(&warm_up, lr, lr);
         let t = Instant::now();
         for b in self.loaders() {
-            s.step(&b, lr, lr);
+            s.step(&b?, lr, lr);
         }
-        self.rate(t)
+        Ok(self.rate(t))
     }
 }
 
@@ -184,10 +188,10 @@ fn plan_loaders<'a>(
     seed: u64,
     workers: usize,
     prefetch: usize,
-) -> impl Iterator<Item = crate::loader::ViewBatch> + 'a {
+) -> impl Iterator<Item = Result<crate::loader::ViewBatch, TrainError>> + 'a {
     plan.chunk_by(|a, b| a.0 == b.0).flat_map(move |seg| {
         let bs: Vec<Vec<usize>> = seg.iter().map(|(_, b)| b.clone()).collect();
-        EpochLoader::spawn(
+        let loader = EpochLoader::spawn(
             images.clone(),
             bs,
             aug.clone(),
@@ -195,6 +199,16 @@ fn plan_loaders<'a>(
             seg[0].0,
             workers,
             prefetch,
-        )
+        );
+        // A loader, or the error that kept it from starting.
+        let (batches, failure) = match loader {
+            Ok(l) => (Some(l), None),
+            Err(e) => (None, Some(TrainError::Spawn(e))),
+        };
+        batches
+            .into_iter()
+            .flatten()
+            .map(Ok)
+            .chain(failure.map(Err))
     })
 }

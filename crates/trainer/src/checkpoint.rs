@@ -44,6 +44,13 @@ fn tmp(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+fn tensor_file(path: &Path) -> impl FnOnce(tch::TchError) -> TrainError + '_ {
+    move |source| TrainError::TensorFile {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Saves the weights, momentum buffers and `meta` as `dir/<tag>.*`.
 pub fn save(
     dir: &Path,
@@ -64,8 +71,11 @@ pub fn save(
         .map(|(k, t)| (k, t.contiguous()))
         .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::Tensor::write_safetensors(&vars, &tmp_weights)?;
-    session.opt.save(&tmp_optim)?;
+    tch::Tensor::write_safetensors(&vars, &tmp_weights).map_err(tensor_file(&tmp_weights))?;
+    session
+        .opt
+        .save(&tmp_optim)
+        .map_err(tensor_file(&tmp_optim))?;
     let text = serde_json::to_string_pretty(meta).map_err(TrainError::json(&json))?;
     std::fs::write(tmp(&json), text).map_err(TrainError::io(tmp(&json)))?;
     for (from, to) in [
@@ -94,21 +104,9 @@ pub fn load(
 ) -> Result<CheckpointMeta, TrainError> {
     let meta = read_meta(dir, tag)?;
     let [weights, optim, _] = paths(dir, tag);
-    session
-        .vs
-        .load(&weights)
-        .map_err(|e| TrainError::Checkpoint {
-            path: weights.clone(),
-            message: e.to_string(),
-        })?;
+    session.vs.load(&weights).map_err(tensor_file(&weights))?;
     if with_optimizer {
-        session
-            .opt
-            .load(&optim)
-            .map_err(|e| TrainError::Checkpoint {
-                path: optim.clone(),
-                message: e.to_string(),
-            })?;
+        session.opt.load(&optim).map_err(tensor_file(&optim))?;
     }
     Ok(meta)
 }

@@ -161,8 +161,9 @@ impl Default for MonitorConfig {
 pub struct RunConfig {
     pub seed: u64,
     pub device: DeviceChoice,
-    /// Mixed precision (CUDA only).
-    pub amp: bool,
+    /// Precision of the forward pass: `fp32`, `bf16` (Hopper GPUs; CPUs with
+    /// AVX512-BF16) or `fp16` (older GPUs; with loss scaling).
+    pub precision: crate::amp::Precision,
     /// Channels-last memory format for convolutions.
     pub channels_last: bool,
     /// Compute threads for libtorch (0: libtorch's default).
@@ -175,7 +176,7 @@ impl Default for RunConfig {
         Self {
             seed: 0,
             device: DeviceChoice::Auto,
-            amp: false,
+            precision: crate::amp::Precision::Fp32,
             channels_last: false,
             threads: 0,
             out: PathBuf::from("runs/simsiam"),
@@ -246,76 +247,91 @@ impl TrainConfig {
 
     /// Checks ranges that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, message: &str| {
-            Err(ConfigError::Invalid {
+        let (d, m, o, mon) = (&self.data, &self.model, &self.optim, &self.monitor);
+        // (key, the value is fine, what it must be)
+        let rules = [
+            (
+                "data.image_size",
+                d.image_size >= 16,
+                "must be at least 16 pixels",
+            ),
+            (
+                "data.resize",
+                d.resize == 0 || d.resize >= d.image_size,
+                "must be 0 (auto) or at least data.image_size",
+            ),
+            ("data.breeds", d.breeds != Some(0), "must be at least 1"),
+            (
+                "data.max_per_breed",
+                d.max_per_breed != Some(0),
+                "must be at least 1",
+            ),
+            (
+                "data.test_fraction",
+                (0.0..1.0).contains(&d.test_fraction),
+                "must be in [0, 1)",
+            ),
+            ("data.prefetch", d.prefetch > 0, "must be at least 1"),
+            (
+                "model.proj_layers",
+                (2..=3).contains(&m.proj_layers),
+                "must be 2 or 3",
+            ),
+            (
+                "model.proj_dim",
+                m.proj_dim >= 2 && m.pred_hidden >= 1,
+                "projector and predictor widths must be positive",
+            ),
+            ("optim.epochs", o.epochs > 0, "must be at least 1"),
+            (
+                "optim.batch",
+                o.batch >= 2,
+                "must be at least 2 (batch norm needs two samples)",
+            ),
+            (
+                "optim.base_lr",
+                o.base_lr > 0.0 && o.base_lr.is_finite(),
+                "must be a positive number",
+            ),
+            (
+                "optim.momentum",
+                (0.0..1.0).contains(&o.momentum),
+                "must be in [0, 1)",
+            ),
+            (
+                "optim.weight_decay",
+                o.weight_decay >= 0.0,
+                "must not be negative",
+            ),
+            (
+                "optim.warmup_epochs",
+                o.warmup_epochs < o.epochs,
+                "must be smaller than optim.epochs",
+            ),
+            ("monitor.knn_k", mon.knn_k > 0, "must be at least 1"),
+            (
+                "monitor.knn_temperature",
+                mon.knn_temperature > 0.0,
+                "must be positive",
+            ),
+            (
+                "monitor.collapse_ratio",
+                (0.0..1.0).contains(&mon.collapse_ratio),
+                "must be in [0, 1)",
+            ),
+            (
+                "monitor.collapse_rank",
+                mon.collapse_rank >= 0.0,
+                "must not be negative",
+            ),
+        ];
+        match rules.into_iter().find(|(_, ok, _)| !ok) {
+            Some((key, _, message)) => Err(ConfigError::Invalid {
                 key,
                 message: message.to_string(),
-            })
-        };
-        if self.data.image_size < 16 {
-            return bad("data.image_size", "must be at least 16 pixels");
+            }),
+            None => Ok(()),
         }
-        if self.data.resize != 0 && self.data.resize < self.data.image_size {
-            return bad(
-                "data.resize",
-                "must be 0 (auto) or at least data.image_size",
-            );
-        }
-        if self.data.breeds == Some(0) {
-            return bad("data.breeds", "must be at least 1");
-        }
-        if self.data.max_per_breed == Some(0) {
-            return bad("data.max_per_breed", "must be at least 1");
-        }
-        if !(0.0..1.0).contains(&self.data.test_fraction) {
-            return bad("data.test_fraction", "must be in [0, 1)");
-        }
-        if self.data.prefetch == 0 {
-            return bad("data.prefetch", "must be at least 1");
-        }
-        if !(2..=3).contains(&self.model.proj_layers) {
-            return bad("model.proj_layers", "must be 2 or 3");
-        }
-        if self.model.proj_dim < 2 || self.model.pred_hidden < 1 {
-            return bad(
-                "model.proj_dim",
-                "projector and predictor widths must be positive",
-            );
-        }
-        if self.optim.epochs == 0 {
-            return bad("optim.epochs", "must be at least 1");
-        }
-        if self.optim.batch < 2 {
-            return bad(
-                "optim.batch",
-                "must be at least 2 (batch norm needs two samples)",
-            );
-        }
-        if !(self.optim.base_lr > 0.0 && self.optim.base_lr.is_finite()) {
-            return bad("optim.base_lr", "must be a positive number");
-        }
-        if !(0.0..1.0).contains(&self.optim.momentum) {
-            return bad("optim.momentum", "must be in [0, 1)");
-        }
-        if self.optim.weight_decay < 0.0 {
-            return bad("optim.weight_decay", "must not be negative");
-        }
-        if self.optim.warmup_epochs >= self.optim.epochs {
-            return bad("optim.warmup_epochs", "must be smaller than optim.epochs");
-        }
-        if self.monitor.knn_k == 0 {
-            return bad("monitor.knn_k", "must be at least 1");
-        }
-        if self.monitor.knn_temperature <= 0.0 {
-            return bad("monitor.knn_temperature", "must be positive");
-        }
-        if !(0.0..1.0).contains(&self.monitor.collapse_ratio) {
-            return bad("monitor.collapse_ratio", "must be in [0, 1)");
-        }
-        if self.monitor.collapse_rank < 0.0 {
-            return bad("monitor.collapse_rank", "must not be negative");
-        }
-        Ok(())
     }
 
     /// The dataset selection of this configuration.
@@ -329,11 +345,14 @@ impl TrainConfig {
         }
     }
 
-    /// Augmentation worker threads: `data.workers`, or half the cores (at least one),
-    /// leaving the rest to libtorch.
-    pub fn augment_workers(&self) -> usize {
+    /// Augmentation worker threads: `data.workers`, or (0) half the cores on CPU, leaving
+    /// the rest to libtorch's compute, and all but one core with a GPU doing the compute.
+    pub fn augment_workers(&self, device: tch::Device) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match self.data.workers {
-            0 => (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1),
+            // On a GPU libtorch needs one core to feed it; the rest make views.
+            0 if device.is_cuda() => cores.saturating_sub(1).max(1),
+            0 => (cores / 2).max(1),
             n => n,
         }
     }
@@ -376,6 +395,17 @@ mod tests {
         assert_eq!(cfg.model.backbone, Backbone::Resnet50);
         assert_eq!(cfg.model.proj_layers, 3, "unset keys keep their defaults");
         assert!((cfg.lr() - 0.05 * 16.0 / 256.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_project_configuration_files_load_and_validate() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+        for name in ["trainer.toml", "bench-10breeds.toml", "default-model.toml"] {
+            let path = Path::new(dir).join(name);
+            let cfg = TrainConfig::load(Some(&path), vec![])
+                .unwrap_or_else(|e| panic!("config/{name}: {e}"));
+            assert!(cfg.optim.epochs > 0, "{name}");
+        }
     }
 
     #[test]

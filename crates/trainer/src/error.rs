@@ -15,6 +15,12 @@ pub enum TrainError {
     History(#[from] crate::history::HistoryError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A tensor file (checkpoint weights, momentum) libtorch could not read or write.
+    #[error("{path}: {source}")]
+    TensorFile {
+        path: PathBuf,
+        source: tch::TchError,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -75,6 +81,8 @@ pub enum TrainError {
     Plot(#[from] crate::plot::PlotError),
     #[error("only {found} usable training images, fewer than one batch of {batch}")]
     TooFewImages { found: usize, batch: usize },
+    #[error("cannot start a worker thread: {0}")]
+    Spawn(std::io::Error),
     #[error("CUDA was requested (run.device = \"cuda\") but libtorch sees no CUDA device")]
     NoCuda,
     #[error("training stopped at epoch {epoch}: representation collapse (std of normalised z {std:.5}, effective rank {rank:.2}); outputs are in the run directory")]

@@ -27,6 +27,10 @@ pub struct EpochMetrics {
     /// Training images per second over the epoch (each image gives two views).
     pub img_per_s: f64,
     pub epoch_seconds: f64,
+    /// Share of the epoch's wall time the training loop waited for augmented views
+    /// (0: the data pipeline kept up; on a GPU, the share the GPU sat idle for data).
+    #[serde(default)]
+    pub data_wait: f64,
     /// Weighted kNN top-1 on the evaluation split, on the epochs it was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knn_top1: Option<f64>,
@@ -135,6 +139,7 @@ mod tests {
             lr: 0.05,
             img_per_s: 30.0,
             epoch_seconds: 1.0,
+            data_wait: 0.0,
             knn_top1: knn,
             collapse_alarm: false,
         }

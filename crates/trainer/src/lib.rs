@@ -14,7 +14,7 @@
 //! | `trainer pretrain` | [`pretrain`] (with [`session`], [`model`], [`loss`], [`loader`], [`augment`], [`checkpoint`]) |
 //! | `trainer eval` | [`eval`] (with [`knn`], [`probe_fit`], [`report`]) |
 //! | `trainer export` | [`export`] |
-//! | `trainer gallery` | [`gallery`] |
+//! | `trainer gallery` | [`seed_gallery`] |
 //! | `trainer embed` | [`embed`] |
 //! | `trainer bench` | [`bench`] |
 //!
@@ -27,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod amp;
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
@@ -35,7 +36,6 @@ pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod export;
-pub mod gallery;
 pub mod history;
 pub mod knn;
 pub mod loader;
@@ -46,6 +46,7 @@ pub mod pretrain;
 pub mod probe_fit;
 pub mod report;
 pub mod schedule;
+pub mod seed_gallery;
 pub mod session;
 pub mod sgd;
 

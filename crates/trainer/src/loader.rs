@@ -78,7 +78,7 @@ impl EpochLoader {
         epoch: usize,
         workers: usize,
         prefetch: usize,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let workers = workers.max(1);
         let per_worker = prefetch.div_ceil(workers).max(1);
         let total = batches.len();
@@ -95,17 +95,18 @@ impl EpochLoader {
                                 return; // consumer stopped early
                             }
                         }
-                    })
-                    .expect("spawn augmentation thread");
-                (rx, handle)
+                    })?;
+                Ok((rx, handle))
             })
+            .collect::<std::io::Result<Vec<_>>>()?
+            .into_iter()
             .unzip();
-        Self {
+        Ok(Self {
             receivers,
             workers: handles,
             next: 0,
             total,
-        }
+        })
     }
 
     /// Batches this epoch yields in all.
@@ -164,9 +165,11 @@ mod tests {
         let bs = batches(&order, 3);
         assert_eq!(bs.len(), 3, "partial last batch dropped");
         let one: Vec<_> = EpochLoader::spawn(imgs.clone(), bs.clone(), aug.clone(), 3, 1, 1, 2)
+            .expect("spawn")
             .map(|b| b.x1)
             .collect();
         let three: Vec<_> = EpochLoader::spawn(imgs.clone(), bs.clone(), aug.clone(), 3, 1, 3, 2)
+            .expect("spawn")
             .map(|b| b.x1)
             .collect();
         assert_eq!(one.len(), 3);
@@ -191,7 +194,8 @@ mod tests {
     fn dropping_early_stops_the_workers() {
         let imgs = images(40);
         let aug = Arc::new(AugmentConfig::simsiam(16, false));
-        let mut l = EpochLoader::spawn(imgs, batches(&epoch_order(40, 0, 0), 2), aug, 0, 0, 2, 2);
+        let mut l = EpochLoader::spawn(imgs, batches(&epoch_order(40, 0, 0), 2), aug, 0, 0, 2, 2)
+            .expect("spawn");
         assert!(l.next().is_some());
         drop(l); // must not hang
     }

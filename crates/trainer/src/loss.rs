@@ -7,15 +7,17 @@ use tch::{Kind, Tensor};
 /// `stop_grad = false` lets gradients into the target branch: the paper's ablation, which
 /// collapses (loss → −1); it exists only to test the collapse alarm.
 pub fn simsiam_loss(p1: &Tensor, p2: &Tensor, z1: &Tensor, z2: &Tensor, stop_grad: bool) -> Tensor {
+    // In float32 whatever precision the forward pass ran in.
+    let f32 = |t: &Tensor| t.to_kind(Kind::Float);
     let target = |z: &Tensor| {
         if stop_grad {
-            z.detach()
+            f32(z).detach()
         } else {
-            z.shallow_clone()
+            f32(z)
         }
     };
-    let d1 = Tensor::cosine_similarity(p1, &target(z2), 1, 1e-8).mean(Kind::Float);
-    let d2 = Tensor::cosine_similarity(p2, &target(z1), 1, 1e-8).mean(Kind::Float);
+    let d1 = Tensor::cosine_similarity(&f32(p1), &target(z2), 1, 1e-8).mean(Kind::Float);
+    let d2 = Tensor::cosine_similarity(&f32(p2), &target(z1), 1, 1e-8).mean(Kind::Float);
     -(d1 + d2) * 0.5
 }
 

@@ -141,6 +141,7 @@ mod tests {
                 lr: 0.05,
                 img_per_s: 30.0,
                 epoch_seconds: 2.0,
+                data_wait: 0.0,
                 knn_top1: (e % 2 == 0).then_some(0.2 + 0.01 * e as f64),
                 collapse_alarm: false,
             })

@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use simsiam::preprocess::EvalTransform;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Options of one invocation that are not part of the run's configuration.
 #[derive(Clone, Debug, Default)]
@@ -126,7 +126,7 @@ pub fn pretrain(cfg: &TrainConfig, opts: &PretrainOptions) -> Result<PretrainSum
     let mut run = Run::start(cfg, opts)?;
     let mut last = None;
     for epoch in run.start..run.stop_at {
-        let means = run.train_epoch(epoch);
+        let means = run.train_epoch(epoch)?;
         let m = run.record_epoch(epoch, means)?;
         if m.collapse_alarm && cfg.monitor.stop_on_collapse {
             return Err(TrainError::Collapsed {
@@ -161,6 +161,8 @@ struct Run<'c> {
 
 /// Means over an epoch's steps.
 struct EpochMeans {
+    /// Share of the epoch's wall time spent waiting for the next batch of views.
+    data_wait: f64,
     loss: f64,
     z_std: f64,
     z_rank: f64,
@@ -173,13 +175,12 @@ impl<'c> Run<'c> {
     /// Creates the run directory, decodes the data, builds the model and, with `--resume`,
     /// restores the last checkpoint and truncates the history to it.
     fn start(cfg: &'c TrainConfig, opts: &PretrainOptions) -> Result<Self, TrainError> {
-        let out = cfg.run.out.clone();
-        std::fs::create_dir_all(&out).map_err(TrainError::io(&out))?;
         let device = session::device(cfg)?;
         log::info!(
             "device {device:?}, {} libtorch threads",
             tch::get_num_threads()
         );
+        // The data first: a wrong --data must not leave an empty run directory behind.
         let mut data = load_data(cfg)?;
         if data.train.images.len() < cfg.optim.batch {
             return Err(TrainError::TooFewImages {
@@ -187,6 +188,8 @@ impl<'c> Run<'c> {
                 batch: cfg.optim.batch,
             });
         }
+        let out = cfg.run.out.clone();
+        std::fs::create_dir_all(&out).map_err(TrainError::io(&out))?;
         write_json(&out.join("config.json"), cfg)?;
         let mut session = Session::new(cfg, device);
         let (start, step, best) = if opts.resume {
@@ -220,7 +223,7 @@ impl<'c> Run<'c> {
     }
 
     /// One pass over the training images, with a progress bar.
-    fn train_epoch(&mut self, epoch: usize) -> EpochMeans {
+    fn train_epoch(&mut self, epoch: usize) -> Result<EpochMeans, TrainError> {
         let cfg = self.cfg;
         let (epochs, batch) = (cfg.optim.epochs, cfg.optim.batch);
         let lr = lr_at(cfg.lr(), epoch, epochs, cfg.optim.warmup_epochs);
@@ -231,39 +234,48 @@ impl<'c> Run<'c> {
             self.aug.clone(),
             cfg.run.seed,
             epoch,
-            cfg.augment_workers(),
+            cfg.augment_workers(self.session.device),
             cfg.data.prefetch,
-        );
+        )
+        .map_err(TrainError::Spawn)?;
         let bar = epoch_bar(epoch, epochs, loader.len());
         let started = Instant::now();
         let (mut loss_sum, mut std_sum, mut rank_sum, mut n) = (0.0, 0.0, 0.0, 0usize);
-        for b in loader {
+        // Time spent waiting for the augmentation workers' next batch.
+        let mut waited = Duration::ZERO;
+        let mut batches = loader;
+        loop {
+            let asked = Instant::now();
+            let Some(b) = batches.next() else { break };
+            waited += asked.elapsed();
             let s = self.session.step(&b, lr, predictor_lr);
             self.step += 1;
             n += 1;
             loss_sum += s.loss;
             std_sum += s.z_std;
             rank_sum += s.z_rank;
-            let rate = (n * batch) as f64 / started.elapsed().as_secs_f64();
+            let elapsed = started.elapsed().as_secs_f64();
             bar.set_message(format!(
-                "loss {:.4} std {:.4} {:.1} img/s",
+                "loss {:.4} std {:.4} {:.1} img/s, data wait {:.0}%",
                 loss_sum / n as f64,
                 std_sum / n as f64,
-                rate
+                (n * batch) as f64 / elapsed,
+                100.0 * waited.as_secs_f64() / elapsed
             ));
             bar.inc(1);
         }
         bar.finish_and_clear();
         let seconds = started.elapsed().as_secs_f64();
         let per = |sum: f64| sum / n.max(1) as f64;
-        EpochMeans {
+        Ok(EpochMeans {
+            data_wait: waited.as_secs_f64() / seconds.max(f64::MIN_POSITIVE),
             loss: per(loss_sum),
             z_std: per(std_sum),
             z_rank: per(rank_sum),
             lr,
             img_per_s: (n * batch) as f64 / seconds,
             seconds,
-        }
+        })
     }
 
     /// Collapse watch, kNN monitor when due, metrics line, plot and checkpoints.
@@ -289,11 +301,12 @@ impl<'c> Run<'c> {
             lr: e.lr,
             img_per_s: e.img_per_s,
             epoch_seconds: e.seconds,
+            data_wait: e.data_wait,
             knn_top1,
             collapse_alarm,
         };
         log::info!(
-            "epoch {}/{}: loss {:.4}, z std {:.4} (healthy {:.4}), z rank {:.1}, lr {:.4}, {:.1} img/s{}",
+            "epoch {}/{}: loss {:.4}, z std {:.4} (healthy {:.4}), z rank {:.1}, lr {:.4}, {:.1} img/s, data wait {:.1}%{}",
             m.epoch,
             cfg.optim.epochs,
             m.loss,
@@ -302,6 +315,7 @@ impl<'c> Run<'c> {
             m.z_rank,
             m.lr,
             m.img_per_s,
+            m.data_wait * 100.0,
             knn_top1.map(|k| format!(", kNN top-1 {:.2}%", k * 100.0)).unwrap_or_default()
         );
         self.writer.append(&m)?;

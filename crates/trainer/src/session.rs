@@ -1,6 +1,7 @@
 //! A model on a device with its optimiser: the SimSiam training step and feature
 //! extraction, shared by pretraining, evaluation and the benchmarks.
 
+use crate::amp::{self, LossScaler, Precision};
 use crate::config::{DeviceChoice, TrainConfig};
 use crate::loader::ViewBatch;
 use crate::loss::{effective_rank, output_std, simsiam_loss};
@@ -27,7 +28,9 @@ pub struct Session {
     pub opt: Sgd,
     pub device: Device,
     size: i64,
-    amp: bool,
+    precision: Precision,
+    /// Loss scaling, for float16 only.
+    scaler: Option<LossScaler>,
     channels_last: bool,
     stop_grad: bool,
 }
@@ -70,17 +73,24 @@ impl Session {
             opt,
             device,
             size: cfg.data.image_size as i64,
-            amp: cfg.run.amp && device.is_cuda(),
+            precision: cfg.run.precision,
+            scaler: (cfg.run.precision == Precision::Fp16).then(LossScaler::default),
             channels_last,
             stop_grad: !cfg.debug.no_stop_grad,
         }
     }
 
-    /// Host CHW floats → a `[n, 3, size, size]` tensor on the device.
+    /// Host CHW floats → a `[n, 3, size, size]` tensor on the device. To a GPU the batch
+    /// goes through pinned (page-locked) memory, copied without blocking: the copy overlaps
+    /// the kernels already queued, and the next batch is prepared meanwhile.
     fn input(&self, data: &[f32], n: usize) -> Tensor {
-        let t = Tensor::from_slice(data)
-            .view([n as i64, 3, self.size, self.size])
-            .to_device(self.device);
+        let host = Tensor::from_slice(data).view([n as i64, 3, self.size, self.size]);
+        let t = if self.device.is_cuda() {
+            host.pin_memory(self.device)
+                .to_device_(self.device, Kind::Float, true, false)
+        } else {
+            host
+        };
         if self.channels_last {
             to_channels_last(&t)
         } else {
@@ -92,11 +102,24 @@ impl Session {
     pub fn step(&mut self, batch: &ViewBatch, lr: f64, predictor_lr: f64) -> StepStats {
         let x1 = self.input(&batch.x1, batch.len);
         let x2 = self.input(&batch.x2, batch.len);
-        let v = tch::autocast(self.amp, || self.model.forward_views(&x1, &x2, true));
+        let v = amp::autocast(self.device, self.precision, || {
+            self.model.forward_views(&x1, &x2, true)
+        });
         let loss = simsiam_loss(&v.p1, &v.p2, &v.z1, &v.z2, self.stop_grad);
         self.opt.zero_grad();
-        loss.backward();
-        self.opt.step(lr, predictor_lr);
+        match &mut self.scaler {
+            Some(scaler) => {
+                (&loss * scaler.scale()).backward();
+                let finite = self.opt.unscale(scaler.scale());
+                if scaler.update(finite) {
+                    self.opt.step(lr, predictor_lr);
+                }
+            }
+            None => {
+                loss.backward();
+                self.opt.step(lr, predictor_lr);
+            }
+        }
         StepStats {
             loss: loss.double_value(&[]),
             z_std: output_std(&v.z1),
@@ -129,7 +152,9 @@ impl Session {
             }
             let x = self.input(&buf, chunk.len());
             let f = tch::no_grad(|| {
-                tch::autocast(self.amp, || self.model.backbone.forward_t(&x, false))
+                amp::autocast(self.device, self.precision, || {
+                    self.model.backbone.forward_t(&x, false)
+                })
             });
             let f = f
                 .to_kind(Kind::Float)

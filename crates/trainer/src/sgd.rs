@@ -56,6 +56,23 @@ impl Sgd {
     }
 
     /// One update: `buf = m·buf + (g + wd·w)`, `w -= lr·buf` (no dampening, no Nesterov).
+    /// Divides every gradient by `scale` (float16's loss scale, see
+    /// [`crate::amp::LossScaler`]); returns whether all of them are finite.
+    pub fn unscale(&mut self, scale: f64) -> bool {
+        tch::no_grad(|| {
+            let mut sums = Vec::new();
+            for p in &mut self.params {
+                let mut grad = p.value.grad();
+                if grad.defined() {
+                    let _ = grad.g_mul_scalar_(1.0 / scale);
+                    sums.push(grad.abs().sum(tch::Kind::Float));
+                }
+            }
+            // One device-to-host read for all parameters, not one each.
+            sums.is_empty() || Tensor::stack(&sums, 0).isfinite().all().int64_value(&[]) != 0
+        })
+    }
+
     pub fn step(&mut self, lr: f64, predictor_lr: f64) {
         tch::no_grad(|| {
             for p in &mut self.params {
@@ -126,6 +143,22 @@ mod tests {
                 "{got:?} vs {expect:?}"
             );
         }
+    }
+
+    #[test]
+    fn unscaling_divides_gradients_and_finds_overflow() {
+        let vs = VarStore::new(Device::Cpu);
+        let w = vs
+            .root()
+            .var_copy("w", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let mut opt = Sgd::new(&vs, 0.9, 0.0);
+        (&w * &w).sum(Kind::Float).multiply_scalar(512.0).backward();
+        assert!(opt.unscale(256.0));
+        let g: Vec<f32> = Vec::try_from(&w.grad()).expect("vec");
+        assert_eq!(g, [4.0, -8.0], "d(512 w²)/dw / 256 = 4w");
+        opt.zero_grad();
+        (&w * f64::INFINITY).sum(Kind::Float).backward();
+        assert!(!opt.unscale(2.0), "an infinite gradient is reported");
     }
 
     #[test]

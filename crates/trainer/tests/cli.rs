@@ -12,6 +12,9 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 
 const TRAINER: &str = env!("CARGO_BIN_EXE_trainer");
+/// The project folder: the trainer runs there, as users run it, so it reads
+/// `config/trainer.toml`.
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// `classes` folders of `per_class` 48×40 JPEGs with class-specific stripes and per-image
 /// noise (the same pictures the server's tests use).
@@ -28,7 +31,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 fn trainer(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new(TRAINER);
-    cmd.args(args)
+    cmd.current_dir(ROOT)
+        .args(args)
         .env("RUST_LOG", "info")
         .env_remove("SIMSIAM_OPTIM__EPOCHS");
     for (k, v) in envs {

@@ -56,11 +56,8 @@ async fn classify(
         let t = Instant::now();
         let results = flat
             .chunks(dim)
-            .map(|e| {
-                let ranked = state
-                    .probe
-                    .top_k(e, top_k)
-                    .map_err(|err| ApiError::Internal(format!("probe: {err}")))?;
+            .map(|e| -> Result<Result_, ApiError> {
+                let ranked = state.probe.top_k(e, top_k)?;
                 Ok(Result_ {
                     predictions: ranked
                         .into_iter()

@@ -68,7 +68,7 @@ pub struct AugmentConfig {
 /// A configuration that cannot be used; the message names the field.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid augmentation config: {0}")]
-pub struct ConfigError(String);
+pub struct AugmentError(String);
 
 impl AugmentConfig {
     /// The SimSiam ImageNet recipe at output side `size`; `blur: false` drops the blur, as
@@ -99,7 +99,7 @@ impl AugmentConfig {
 
     /// Checks every field's range, so a bad config file fails when it is loaded, with a
     /// message naming the field, rather than as odd views or a panic mid-training.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), AugmentError> {
         let range = |(lo, hi): (f32, f32)| lo > 0.0 && lo <= hi && hi.is_finite();
         let prob = |p: f32| (0.0..=1.0).contains(&p);
         let strength = |x: f32| x >= 0.0 && x.is_finite();
@@ -132,7 +132,7 @@ impl AugmentConfig {
             ),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(ConfigError(msg.to_owned())),
+            Some((_, msg)) => Err(AugmentError(msg.to_owned())),
             None => Ok(()),
         }
     }

@@ -44,11 +44,7 @@ pub enum AnnotationError {
 pub fn parse_annotation(xml: &str) -> Result<Annotation, AnnotationError> {
     let mut reader = Reader::from_str(xml);
     reader.config_mut().trim_text(true);
-    // Element names from the root to the current element.
-    let mut stack: Vec<String> = Vec::new();
-    let mut size = (None, None);
-    let mut objects = Vec::new();
-    let mut current: Option<PartialObject> = None;
+    let mut p = Parsed::default();
     loop {
         let event = reader.read_event().map_err(|e| {
             AnnotationError::Xml(format!("{e} at byte {}", reader.error_position()))
@@ -57,52 +53,70 @@ pub fn parse_annotation(xml: &str) -> Result<Annotation, AnnotationError> {
             Event::Start(e) => {
                 let name = e.local_name().as_ref().to_string();
                 if name == "object" {
-                    current = Some(PartialObject::default());
+                    p.current = Some(PartialObject::default());
                 }
-                stack.push(name);
+                p.stack.push(name);
             }
             Event::End(_) => {
-                let object = match stack.pop().as_deref() {
-                    Some("object") => current.take(),
+                let object = match p.stack.pop().as_deref() {
+                    Some("object") => p.current.take(),
                     _ => None,
                 };
                 if let Some(object) = object {
-                    objects.push(object.finish(objects.len())?);
+                    p.objects.push(object.finish(p.objects.len())?);
                 }
             }
-            Event::Text(t) => {
-                let text = t.xml10_content();
-                let text = text.trim();
-                let path: Vec<&str> = stack.iter().map(String::as_str).collect();
-                match path.as_slice() {
-                    [.., "size", "width"] => size.0 = Some(number(text, "width")?),
-                    [.., "size", "height"] => size.1 = Some(number(text, "height")?),
-                    [.., "object", "name"] => {
-                        if let Some(o) = current.as_mut() {
-                            o.name.push_str(text);
-                        }
-                    }
-                    [.., "bndbox", field @ ("xmin" | "ymin" | "xmax" | "ymax")] => {
-                        let value = number(text, field)?;
-                        if let Some(o) = current.as_mut() {
-                            o.set(field, value);
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            Event::Text(t) => p.text(t.xml10_content().trim())?,
             Event::Eof => break,
             _ => {}
         }
     }
-    if let Some(open) = stack.last() {
+    if let Some(open) = p.stack.last() {
         return Err(AnnotationError::Xml(format!("<{open}> is never closed")));
     }
-    let size = match size {
+    let size = match p.size {
         (Some(w), Some(h)) => Some((w, h)),
         _ => None,
     };
-    Ok(Annotation { size, objects })
+    Ok(Annotation {
+        size,
+        objects: p.objects,
+    })
+}
+
+/// What the parser has read so far.
+#[derive(Default)]
+struct Parsed {
+    /// Element names from the root to the current element.
+    stack: Vec<String>,
+    size: (Option<u32>, Option<u32>),
+    objects: Vec<AnnotatedObject>,
+    current: Option<PartialObject>,
+}
+
+impl Parsed {
+    /// Text inside the current element: the image size, an object's name or a box
+    /// coordinate, by where it stands; anything else is ignored.
+    fn text(&mut self, text: &str) -> Result<(), AnnotationError> {
+        let path: Vec<&str> = self.stack.iter().map(String::as_str).collect();
+        match path.as_slice() {
+            [.., "size", "width"] => self.size.0 = Some(number(text, "width")?),
+            [.., "size", "height"] => self.size.1 = Some(number(text, "height")?),
+            [.., "object", "name"] => {
+                if let Some(o) = self.current.as_mut() {
+                    o.name.push_str(text);
+                }
+            }
+            [.., "bndbox", field @ ("xmin" | "ymin" | "xmax" | "ymax")] => {
+                let value = number(text, field)?;
+                if let Some(o) = self.current.as_mut() {
+                    o.set(field, value);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// Reads and parses an annotation file.

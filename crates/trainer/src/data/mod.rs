@@ -102,7 +102,7 @@ pub struct Sample {
 
 /// Which on-disk layout a dataset was read from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Layout {
+pub enum DatasetLayout {
     /// `Images/`, `lists/*.mat` and optionally `Annotation/`: the official split.
     StanfordDogs,
     /// One subfolder per class; the split is computed.
@@ -113,7 +113,7 @@ pub enum Layout {
 #[derive(Clone, Debug)]
 pub struct Dataset {
     pub root: PathBuf,
-    pub layout: Layout,
+    pub layout: DatasetLayout,
     /// Folder names in label order (e.g. `n02085620-Chihuahua`); see [`simsiam::classes::display_name`].
     pub classes: Vec<String>,
     pub train: Vec<Sample>,
@@ -163,9 +163,9 @@ pub fn open(root: &Path, opts: &DatasetOptions) -> Result<Dataset, DataError> {
     }
     let (layout, listing) =
         if root.join("lists/train_list.mat").is_file() && root.join("Images").is_dir() {
-            (Layout::StanfordDogs, stanford::load(root, opts)?)
+            (DatasetLayout::StanfordDogs, stanford::load(root, opts)?)
         } else {
-            (Layout::ImageFolder, folder::load(root, opts)?)
+            (DatasetLayout::ImageFolder, folder::load(root, opts)?)
         };
     Ok(Dataset {
         root: root.to_path_buf(),

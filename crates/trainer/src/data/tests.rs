@@ -44,7 +44,7 @@ fn count(samples: &[Sample], label: usize) -> usize {
 fn image_folder_split_is_stratified_and_complete() {
     let dir = image_folder();
     let ds = open(dir.path(), &DatasetOptions::default()).unwrap();
-    assert_eq!(ds.layout, Layout::ImageFolder);
+    assert_eq!(ds.layout, DatasetLayout::ImageFolder);
     assert_eq!(ds.classes, ["cats", "dogs", "n01-x"]);
     // round(n × 0.2) per class: 10 → 2, 7 → 1, 3 → 1.
     let per_class: Vec<_> = (0..3)
@@ -170,7 +170,7 @@ fn stanford_layout_uses_the_lists_and_boxes() {
         ..Default::default()
     };
     let ds = open(dir.path(), &opts).unwrap();
-    assert_eq!(ds.layout, Layout::StanfordDogs);
+    assert_eq!(ds.layout, DatasetLayout::StanfordDogs);
     assert_eq!(ds.classes, [CHI, SPA]);
     assert_eq!(
         ds.train.iter().map(|s| s.label).collect::<Vec<_>>(),
@@ -275,7 +275,7 @@ fn real_stanford_dogs_when_present() {
         ..Default::default()
     };
     let ds = open(root, &opts).unwrap();
-    assert_eq!(ds.layout, Layout::StanfordDogs);
+    assert_eq!(ds.layout, DatasetLayout::StanfordDogs);
     assert_eq!(
         (ds.classes.len(), ds.train.len(), ds.test.len()),
         (10, 1_000, 919)

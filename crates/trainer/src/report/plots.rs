@@ -33,9 +33,9 @@ fn heat_color(v: f64) -> RGBColor {
     RGBColor(mix(DARK_BLUE.0), mix(DARK_BLUE.1), mix(DARK_BLUE.2))
 }
 
-/// Pixel layout of the confusion PNG, fixed by the number of classes alone.
+/// Pixel geometry of the confusion PNG, fixed by the number of classes alone.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Layout {
+pub(super) struct Geometry {
     /// Side of one matrix cell in pixels.
     pub cell: u32,
     /// Left edge and top edge of the matrix.
@@ -53,7 +53,7 @@ const TITLE: u32 = 70;
 /// Colour bar with its tick labels, right of the matrix.
 const COLOR_BAR: u32 = 130;
 
-impl Layout {
+impl Geometry {
     pub(super) fn new(n: usize) -> Self {
         // Beyond 40 classes a 1800 px matrix keeps cells (15 px at 120 classes) tall
         // enough for one line of readable text each.
@@ -129,21 +129,21 @@ fn draw_confusion(
 ) -> DrawResult {
     let n = classes.len();
     let order = cluster_order(confusion);
-    let layout = Layout::new(n);
-    let root = BitMapBackend::new(path, layout.canvas(n)).into_drawing_area();
+    let geometry = Geometry::new(n);
+    let root = BitMapBackend::new(path, geometry.canvas(n)).into_drawing_area();
     root.fill(&WHITE)?;
-    let side = layout.side(n) as i32;
+    let side = geometry.side(n) as i32;
     root.draw(&Text::new(
         title.to_string(),
-        (layout.left as i32 + side / 2, TITLE as i32 / 2),
+        (geometry.left as i32 + side / 2, TITLE as i32 / 2),
         ("sans-serif", 28)
             .into_font()
             .color(&BLACK)
             .pos(Pos::new(HPos::Center, VPos::Center)),
     ))?;
-    draw_cells(&root, &layout, confusion, &order)?;
-    draw_breed_names(&root, &layout, classes, &order)?;
-    draw_color_bar(&root, &layout, n)?;
+    draw_cells(&root, &geometry, confusion, &order)?;
+    draw_breed_names(&root, &geometry, classes, &order)?;
+    draw_color_bar(&root, &geometry, n)?;
     root.present()?;
     Ok(())
 }
@@ -153,11 +153,11 @@ fn draw_confusion(
 /// non-empty cell.
 fn draw_cells(
     root: &Canvas,
-    layout: &Layout,
+    geometry: &Geometry,
     confusion: &[Vec<u32>],
     order: &[usize],
 ) -> DrawResult {
-    let cell = layout.cell as i32;
+    let cell = geometry.cell as i32;
     let cell_font = (cell / 3).min(16) as f64;
     for (r, &t) in order.iter().enumerate() {
         let total: u32 = confusion[t].iter().sum();
@@ -167,7 +167,7 @@ fn draw_cells(
             } else {
                 0.0
             };
-            let (x, y) = layout.cell_origin(r, c);
+            let (x, y) = geometry.cell_origin(r, c);
             root.draw(&Rectangle::new(
                 [(x, y), (x + cell, y + cell)],
                 heat_color(share).filled(),
@@ -186,9 +186,9 @@ fn draw_cells(
         }
     }
     let (left, top, side) = (
-        layout.left as i32,
-        layout.top as i32,
-        layout.side(order.len()) as i32,
+        geometry.left as i32,
+        geometry.top as i32,
+        geometry.side(order.len()) as i32,
     );
     root.draw(&Rectangle::new(
         [(left, top), (left + side, top + side)],
@@ -201,13 +201,17 @@ fn draw_cells(
 /// the two axis titles.
 fn draw_breed_names(
     root: &Canvas,
-    layout: &Layout,
+    geometry: &Geometry,
     classes: &[String],
     order: &[usize],
 ) -> DrawResult {
-    let (left, top, cell) = (layout.left as i32, layout.top as i32, layout.cell as i32);
-    let side = layout.side(order.len()) as i32;
-    let font = ("sans-serif", layout.font).into_font();
+    let (left, top, cell) = (
+        geometry.left as i32,
+        geometry.top as i32,
+        geometry.cell as i32,
+    );
+    let side = geometry.side(order.len()) as i32;
+    let font = ("sans-serif", geometry.font).into_font();
     let fit = LABEL_AREA as i32 - 8;
     for (i, &class) in order.iter().enumerate() {
         let name = shorten(&class_display_name(&classes[class]), &font, fit)?;
@@ -246,9 +250,9 @@ fn draw_breed_names(
 
 /// The colour bar right of the matrix: position is linear in the row share, so the
 /// ticks are evenly spaced.
-fn draw_color_bar(root: &Canvas, layout: &Layout, n: usize) -> DrawResult {
-    let (top, side) = (layout.top as i32, layout.side(n) as i32);
-    let bar_x = layout.left as i32 + side + 20;
+fn draw_color_bar(root: &Canvas, geometry: &Geometry, n: usize) -> DrawResult {
+    let (top, side) = (geometry.top as i32, geometry.side(n) as i32);
+    let bar_x = geometry.left as i32 + side + 20;
     for y in 0..side {
         let share = 1.0 - f64::from(y) / f64::from(side.max(2) - 1);
         root.draw(&Rectangle::new(

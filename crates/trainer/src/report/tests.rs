@@ -1,4 +1,4 @@
-use super::plots::{Layout, KNN_CURVE_SIZE, REFERENCE_COLOR};
+use super::plots::{Geometry, KNN_CURVE_SIZE, REFERENCE_COLOR};
 use super::*;
 use crate::history::EpochMetrics;
 
@@ -235,9 +235,9 @@ fn confusion_png_of_120_classes_is_large_and_drawn() {
     let path = dir.path().join("confusion.png");
     confusion_png(&confusion, &breed_names(n), "linear probe", &path).expect("plot");
     let img = image::open(&path).expect("valid png").to_rgb8();
-    let layout = Layout::new(n);
-    assert_eq!(layout.cell, 15);
-    assert_eq!((img.width(), img.height()), layout.canvas(n));
+    let geometry = Geometry::new(n);
+    assert_eq!(geometry.cell, 15);
+    assert_eq!((img.width(), img.height()), geometry.canvas(n));
     assert!(img.width() > 1800 && img.height() > 1800);
     assert!(
         non_white(&img) > 50_000,
@@ -254,12 +254,12 @@ fn confusion_png_cells_follow_the_cluster_order() {
     let path = dir.path().join("confusion.png");
     confusion_png(&confusion, &classes, "pairs", &path).expect("plot");
     let img = image::open(&path).expect("valid png").to_rgb8();
-    let layout = Layout::new(6);
-    assert_eq!((img.width(), img.height()), layout.canvas(6));
+    let geometry = Geometry::new(6);
+    assert_eq!((img.width(), img.height()), geometry.canvas(6));
     // Read each cell's colour near its corner (the centre may hold a percentage).
     let order = cluster_order(&confusion);
     let coloured = |r: usize, c: usize| {
-        let (x, y) = layout.cell_origin(r, c);
+        let (x, y) = geometry.cell_origin(r, c);
         img.get_pixel(x as u32 + 4, y as u32 + 4).0 != [255, 255, 255]
     };
     for r in 0..6 {
@@ -303,6 +303,7 @@ fn epoch(e: usize, knn: Option<f64>) -> EpochMetrics {
         lr: 0.05,
         img_per_s: 30.0,
         epoch_seconds: 1.0,
+        data_wait: 0.0,
         knn_top1: knn,
         collapse_alarm: false,
     }

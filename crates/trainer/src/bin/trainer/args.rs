@@ -7,7 +7,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use simsiam_trainer::checkpoint;
 use simsiam_trainer::config::{Backbone, Override};
-use simsiam_trainer::gallery::Split;
+use simsiam_trainer::seed_gallery::Split;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]

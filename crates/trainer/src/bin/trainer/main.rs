@@ -11,7 +11,7 @@ use clap::Parser;
 use simsiam_trainer::checkpoint::{self, CheckpointMeta};
 use simsiam_trainer::config::{Override, TrainConfig};
 use simsiam_trainer::data::DatasetOptions;
-use simsiam_trainer::{bench, embed, eval, export, gallery, pretrain, session};
+use simsiam_trainer::{bench, embed, eval, export, pretrain, seed_gallery, session};
 
 fn main() -> Result<()> {
     session::keep_freed_memory();
@@ -112,7 +112,7 @@ fn run_gallery(a: GalleryArgs) -> Result<()> {
         max_per_breed: a.max_per_breed,
         ..Default::default()
     };
-    let (n, secs) = gallery::gallery(&a.model, &a.data, a.split.into(), &opts, a.threads)
+    let (n, secs) = seed_gallery::gallery(&a.model, &a.data, a.split.into(), &opts, a.threads)
         .context("gallery failed")?;
     println!(
         "gallery: {n} images embedded in {secs:.1} s ({:.1} img/s), stored in {}",
