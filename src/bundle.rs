@@ -118,6 +118,18 @@ pub struct TrainingSummary {
     pub random_init_knn_top5: Option<f64>,
     #[serde(default)]
     pub random_init_probe_top5: Option<f64>,
+    /// Where and how fast it trained, e.g. `cuda:0 (NVIDIA H200)`; absent from bundles
+    /// written before these were recorded.
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub image_size: Option<u32>,
+    /// Pretraining time summed over epochs (all invocations of a resumed run).
+    #[serde(default)]
+    pub wall_seconds: Option<f64>,
+    /// Mean pretraining throughput, images per second.
+    #[serde(default)]
+    pub img_per_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,9 @@ pub struct CheckpointMeta {
     pub classes: Vec<String>,
     pub config: TrainConfig,
     pub saved_unix: u64,
+    /// The device that trained it, with its name (`Cuda(0) NVIDIA H200`).
+    #[serde(default)]
+    pub device: String,
 }
 
 fn paths(dir: &Path, tag: &str) -> [PathBuf; 3] {

@@ -400,7 +400,12 @@ mod tests {
     #[test]
     fn the_project_configuration_files_load_and_validate() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
-        for name in ["trainer.toml", "bench-10breeds.toml", "default-model.toml"] {
+        for name in [
+            "trainer.toml",
+            "bench-10breeds.toml",
+            "default-model.toml",
+            "gpu-model.toml",
+        ] {
             let path = Path::new(dir).join(name);
             let cfg = TrainConfig::load(Some(&path), vec![])
                 .unwrap_or_else(|e| panic!("config/{name}: {e}"));

@@ -83,8 +83,8 @@ pub enum TrainError {
     TooFewImages { found: usize, batch: usize },
     #[error("cannot start a worker thread: {0}")]
     Spawn(std::io::Error),
-    #[error("CUDA was requested (run.device = \"cuda\") but libtorch sees no CUDA device")]
-    NoCuda,
+    #[error("CUDA was requested (run.device = \"cuda\") but is not usable: {why}")]
+    NoCuda { why: String },
     #[error("training stopped at epoch {epoch}: representation collapse (std of normalised z {std:.5}, effective rank {rank:.2}); outputs are in the run directory")]
     Collapsed { epoch: usize, std: f64, rank: f64 },
 }

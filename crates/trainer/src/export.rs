@@ -8,6 +8,7 @@
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::TrainConfig;
 use crate::data;
+use crate::history::EpochMetrics;
 use crate::pretrain::eval_transform;
 use crate::report::EvalReport;
 use crate::session::{self, Session};
@@ -130,6 +131,12 @@ fn manifest(
     let eval: Option<EvalReport> = std::fs::read_to_string(run.join("eval.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
+    // The epochs up to the exported checkpoint (a missing history leaves the figures out).
+    let history: Vec<EpochMetrics> = crate::history::read(&run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.epoch <= meta.epoch)
+        .collect();
     let info = &written.info;
     Manifest {
         format_version: 1,
@@ -153,7 +160,7 @@ fn manifest(
             parity_max_abs_diff: written.parity,
         },
         classes: probe.classes.clone(),
-        training: training_summary(cfg, meta, eval.as_ref()),
+        training: training_summary(cfg, meta, eval.as_ref(), &history),
         files: Default::default(),
     }
 }
@@ -162,6 +169,7 @@ fn training_summary(
     cfg: &TrainConfig,
     meta: &CheckpointMeta,
     eval: Option<&EvalReport>,
+    history: &[EpochMetrics],
 ) -> TrainingSummary {
     TrainingSummary {
         dataset: cfg
@@ -182,6 +190,10 @@ fn training_summary(
         random_init_probe_top1: eval.map(|e| e.random_init.probe_top1),
         random_init_knn_top5: eval.map(|e| e.random_init.knn_top5),
         random_init_probe_top5: eval.map(|e| e.random_init.probe_top5),
+        device: Some(meta.device.clone()).filter(|d| !d.is_empty()),
+        image_size: Some(cfg.data.image_size),
+        wall_seconds: Some(history.iter().map(|m| m.epoch_seconds).sum()),
+        img_per_s: Some(crate::pretrain::mean_rate(history)).filter(|r| *r > 0.0),
     }
 }
 

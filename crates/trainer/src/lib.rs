@@ -17,6 +17,7 @@
 //! | `trainer gallery` | [`seed_gallery`] |
 //! | `trainer embed` | [`embed`] |
 //! | `trainer bench` | [`bench`] |
+//! | `trainer pack` | [`pack`] |
 //!
 //! ```no_run
 //! use simsiam_trainer::config::TrainConfig;
@@ -41,6 +42,7 @@ pub mod knn;
 pub mod loader;
 pub mod loss;
 pub mod model;
+pub mod pack;
 pub mod plot;
 pub mod pretrain;
 pub mod probe_fit;

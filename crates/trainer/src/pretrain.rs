@@ -157,6 +157,8 @@ struct Run<'c> {
     stop_at: usize,
     step: usize,
     best: Option<f64>,
+    /// The device and its name, recorded in checkpoints and, from there, bundles.
+    device: String,
 }
 
 /// Means over an epoch's steps.
@@ -176,8 +178,9 @@ impl<'c> Run<'c> {
     /// restores the last checkpoint and truncates the history to it.
     fn start(cfg: &'c TrainConfig, opts: &PretrainOptions) -> Result<Self, TrainError> {
         let device = session::device(cfg)?;
+        let device_name = session::device_name(device);
         log::info!(
-            "device {device:?}, {} libtorch threads",
+            "device {device_name}, {} libtorch threads",
             tch::get_num_threads()
         );
         // The data first: a wrong --data must not leave an empty run directory behind.
@@ -219,6 +222,7 @@ impl<'c> Run<'c> {
             step,
             best,
             out,
+            device: device_name,
         })
     }
 
@@ -286,7 +290,8 @@ impl<'c> Run<'c> {
             && (epoch + 1).is_multiple_of(cfg.monitor.knn_every))
             || epoch + 1 == self.stop_at
             || (collapse_alarm && cfg.monitor.stop_on_collapse);
-        let knn_top1 = if knn_due {
+        // A dataset packed without a test split (a GPU run's) has nothing to query.
+        let knn_top1 = if knn_due && !self.data.test.images.is_empty() {
             Some(knn_monitor(&self.session, cfg, &self.images, &self.data)?)
         } else {
             None
@@ -366,6 +371,7 @@ impl<'c> Run<'c> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            device: self.device.clone(),
         };
         checkpoint::save(&self.out, LAST, &self.session, &meta)?;
         if improved || !self.out.join(format!("{BEST}.json")).exists() {
@@ -409,7 +415,7 @@ fn resume(
 }
 
 /// Mean training throughput over the recorded epochs.
-fn mean_rate(history: &[EpochMetrics]) -> f64 {
+pub fn mean_rate(history: &[EpochMetrics]) -> f64 {
     let (imgs, secs) = history.iter().fold((0.0, 0.0), |(i, s), m| {
         (i + m.img_per_s * m.epoch_seconds, s + m.epoch_seconds)
     });

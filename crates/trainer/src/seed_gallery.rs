@@ -66,7 +66,8 @@ pub fn gallery(
     Ok((g.meta.ids.len(), started.elapsed().as_secs_f64()))
 }
 
-fn split_samples(ds: &Dataset, split: Split) -> Vec<Sample> {
+/// The samples of `split`, training images first for `All`.
+pub fn split_samples(ds: &Dataset, split: Split) -> Vec<Sample> {
     match split {
         Split::Train => ds.train.clone(),
         Split::Test => ds.test.clone(),

@@ -41,11 +41,83 @@ pub fn device(cfg: &TrainConfig) -> Result<Device, TrainError> {
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
+    let cuda_loaded = match cfg.run.device {
+        DeviceChoice::Cpu => Ok(()),
+        DeviceChoice::Auto | DeviceChoice::Cuda => load_torch_cuda(),
+    };
     match cfg.run.device {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Auto => Ok(Device::cuda_if_available()),
         DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        DeviceChoice::Cuda => Err(TrainError::NoCuda),
+        DeviceChoice::Cuda => Err(TrainError::NoCuda {
+            why: cuda_loaded
+                .err()
+                .unwrap_or_else(|| "libtorch sees no CUDA device".into()),
+        }),
+    }
+}
+
+/// Loads `libtorch_cuda.so` into the process, which registers libtorch's CUDA backend.
+///
+/// A binary built on the slim CPU route does not link it (its CUDA dependencies are not
+/// installed there), so the same binary runs on a CPU machine and, carried to a GPU
+/// machine whose libtorch has them, trains on the GPU. Already linked (full CUDA route)
+/// or loaded, this does nothing. The error says why the library did not load.
+fn load_torch_cuda() -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        let name = c"libtorch_cuda.so";
+        // SAFETY: dlopen with a valid C string; RTLD_NOW resolves every symbol at once, so
+        // a missing dependency is reported here and not at a later call.
+        let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if handle.is_null() {
+            // SAFETY: dlerror returns null or a C string valid until the next dl call.
+            let err = unsafe { libc::dlerror() };
+            let why = if err.is_null() {
+                "unknown error".to_string()
+            } else {
+                unsafe { std::ffi::CStr::from_ptr(err) }
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            log::debug!("no CUDA libtorch: {why}");
+            return Err(why);
+        }
+    }
+    Ok(())
+}
+
+/// The device and its name: `cpu: <model>, <n> threads`, or `cuda:<i>: <GPU name>` as
+/// `nvidia-smi` gives it.
+pub fn device_name(device: Device) -> String {
+    let name = match device {
+        Device::Cuda(i) => std::process::Command::new("nvidia-smi")
+            .args([
+                "--query-gpu=name",
+                "--format=csv,noheader",
+                "-i",
+                &i.to_string(),
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| format!("CUDA device {i}")),
+        _ => std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .and_then(|v| v.split(':').nth(1))
+                    .map(|v| v.trim().to_string())
+            })
+            .map(|model| format!("{model}, {} threads", tch::get_num_threads()))
+            .unwrap_or_else(|| "CPU".into()),
+    };
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}: {name}"),
+        _ => format!("cpu: {name}"),
     }
 }
 

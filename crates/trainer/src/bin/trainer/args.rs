@@ -35,6 +35,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print a run's embeddings of image files (computed by libtorch), as JSON lines.
     Embed(EmbedArgs),
+    /// Write a compact copy of a split (resized JPEGs, one folder per class) to carry
+    /// training to another machine.
+    Pack(PackArgs),
 }
 
 /// Which data, at which size, on which hardware: shared by every command that reads a
@@ -184,6 +187,28 @@ pub struct EmbedArgs {
     /// Image files.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// Dataset root (Stanford Dogs layout, or one folder per class).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder to write (one sub-folder per class).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: SplitArg,
+    /// Shorter side of the packed images, in pixels.
+    #[arg(long, default_value_t = 96)]
+    pub side: u32,
+    /// JPEG quality (1-100).
+    #[arg(long, default_value_t = 75, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: u8,
+    #[arg(long)]
+    pub breeds: Option<usize>,
+    #[arg(long)]
+    pub max_per_breed: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

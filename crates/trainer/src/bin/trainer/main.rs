@@ -6,12 +6,14 @@
 mod args;
 
 use anyhow::{Context, Result};
-use args::{BenchArgs, Cli, Command, EmbedArgs, EvalArgs, ExportArgs, GalleryArgs, PretrainArgs};
+use args::{
+    BenchArgs, Cli, Command, EmbedArgs, EvalArgs, ExportArgs, GalleryArgs, PackArgs, PretrainArgs,
+};
 use clap::Parser;
 use simsiam_trainer::checkpoint::{self, CheckpointMeta};
 use simsiam_trainer::config::{Override, TrainConfig};
 use simsiam_trainer::data::DatasetOptions;
-use simsiam_trainer::{bench, embed, eval, export, pretrain, seed_gallery, session};
+use simsiam_trainer::{bench, embed, eval, export, pack, pretrain, seed_gallery, session};
 
 fn main() -> Result<()> {
     session::keep_freed_memory();
@@ -23,6 +25,7 @@ fn main() -> Result<()> {
         Command::Gallery(a) => run_gallery(a),
         Command::Bench(a) => run_bench(a),
         Command::Embed(a) => run_embed(a),
+        Command::Pack(a) => run_pack(a),
     }
 }
 
@@ -155,5 +158,32 @@ fn run_embed(a: EmbedArgs) -> Result<()> {
         let line = serde_json::json!({ "path": path, "embedding": embedding });
         println!("{line}");
     }
+    Ok(())
+}
+
+fn run_pack(a: PackArgs) -> Result<()> {
+    let opts = DatasetOptions {
+        breeds: a.breeds,
+        max_per_breed: a.max_per_breed,
+        ..Default::default()
+    };
+    if a.side < 16 {
+        anyhow::bail!("--side must be at least 16 pixels");
+    }
+    let p = pack::pack(&a.data, &a.out, a.split.into(), &opts, a.side, a.quality)
+        .context("pack failed")?;
+    println!(
+        "packed {} images ({:.1} MiB, {} px, quality {}) into {}{}",
+        p.images,
+        p.bytes as f64 / (1 << 20) as f64,
+        a.side,
+        a.quality,
+        a.out.display(),
+        if p.skipped > 0 {
+            format!("; {} could not be decoded", p.skipped)
+        } else {
+            String::new()
+        }
+    );
     Ok(())
 }
