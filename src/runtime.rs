@@ -34,6 +34,12 @@ pub enum RuntimeError {
     },
     #[error("ONNX Runtime: {0}")]
     Ort(#[from] ort::Error),
+    #[error("the {provider} execution provider was asked for, but the ONNX Runtime loaded from {} was built without it: {hint}", .library.display())]
+    NoProvider {
+        provider: &'static str,
+        library: PathBuf,
+        hint: &'static str,
+    },
     #[error("input shape {shape:?} needs {expected} values, got {found}")]
     InputLength {
         shape: [usize; 4],

@@ -115,6 +115,8 @@ pub struct InferenceConfig {
     /// needed to decode the next batch. (Measured at concurrency 8 with idle-priority
     /// request threads: 0.77–0.78× the bare session with spinning, 0.72–0.73× without.)
     pub spin: bool,
+    /// Options of the CUDA execution provider (used when it runs).
+    pub cuda: CudaConfig,
 }
 
 impl Default for InferenceConfig {
@@ -124,6 +126,57 @@ impl Default for InferenceConfig {
             threads: 0,
             sessions: 1,
             spin: true,
+            cuda: CudaConfig::default(),
+        }
+    }
+}
+
+/// How cuDNN picks a convolution algorithm for each new input shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvSearch {
+    /// Time every algorithm on the first run of each shape: the fastest kernels, but a
+    /// slow first request for each of the `max_batch` batch sizes a server sees.
+    Exhaustive,
+    /// cuDNN's own ranking, no timing: no slow first runs.
+    #[default]
+    Heuristic,
+    /// One fixed algorithm (implicit precomputed GEMM): the least workspace memory.
+    Default,
+}
+
+/// How the CUDA provider's memory arena grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArenaExtend {
+    /// In powers of two: few allocations, some memory held back.
+    #[default]
+    NextPowerOfTwo,
+    /// By what each request needs: the least memory.
+    SameAsRequested,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CudaConfig {
+    /// Which GPU.
+    pub device_id: i32,
+    pub conv_algorithm_search: ConvSearch,
+    pub arena_extend: ArenaExtend,
+    /// Cap of the provider's memory arena in MiB; 0 = no cap.
+    pub memory_limit_mb: usize,
+    /// TF32 matmuls and convolutions (Ampere and later): faster, about 1e-3 relative error.
+    pub tf32: bool,
+}
+
+impl Default for CudaConfig {
+    fn default() -> Self {
+        Self {
+            device_id: 0,
+            conv_algorithm_search: ConvSearch::Heuristic,
+            arena_extend: ArenaExtend::NextPowerOfTwo,
+            memory_limit_mb: 0,
+            tf32: false,
         }
     }
 }
@@ -243,6 +296,9 @@ impl ServerConfig {
         if self.http.host.trim().is_empty() {
             return bad("http.host", "must not be empty");
         }
+        if self.inference.cuda.device_id < 0 {
+            return bad("inference.cuda.device_id", "must not be negative");
+        }
         if self.inference.sessions == 0 {
             return bad("inference.sessions", "must be at least 1");
         }
@@ -325,6 +381,27 @@ mod tests {
         assert!(err.to_string().contains("batching.max_batch"), "{err}");
         let err = ServerConfig::load(Some(Path::new("no/such.toml")), vec![]).unwrap_err();
         assert!(matches!(err, ConfigError::MissingFile(_)), "{err}");
+    }
+
+    #[test]
+    fn the_gpu_settings_file_loads_and_asks_for_cuda() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/server-gpu.toml");
+        let cfg = ServerConfig::load(Some(Path::new(file)), vec![]).expect("valid");
+        assert_eq!(cfg.inference.provider, Provider::Cuda);
+        assert_eq!(cfg.batching.max_batch, 128);
+        assert_eq!(
+            cfg.inference.cuda.conv_algorithm_search,
+            ConvSearch::Heuristic
+        );
+        let err = ServerConfig::load(
+            Some(Path::new(file)),
+            vec![("inference.cuda.device_id", (-1i64).into())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("inference.cuda.device_id"),
+            "{err}"
+        );
     }
 
     #[test]
