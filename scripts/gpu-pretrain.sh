@@ -134,7 +134,9 @@ remote() {
   grep -a 'INFO' "$GPU_DIR/pretrain.log" | sed 's/.*\] //' >> "$out/log.txt" || true
 
   # 3. What eval and export need, in pieces: weights, their metadata, the history, the plot.
-  tar -C "$run" -cf "$GPU_DIR/run.tar" checkpoint-last.safetensors checkpoint-last.json \
+  local weights
+  weights=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["files"]["weights"])' "$run/checkpoint-last.json")
+  tar -C "$run" -cf "$GPU_DIR/run.tar" checkpoint-last.json "$weights" \
     metrics.jsonl config.json training.png
   split -b "$PIECE" -d -a 2 "$GPU_DIR/run.tar" "$out/run.tar.part-"
   (cd "$out" && sha256sum run.tar.part-* > SHA256SUMS)

@@ -13,6 +13,7 @@
 
 use crate::config::BatchingConfig;
 use crate::encoder::Encoder;
+use crate::health::{self, Health};
 use crate::metrics::{Metrics, Stage};
 use crate::pipeline::EmbedError;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -66,6 +67,7 @@ impl Batcher {
         encoders: Vec<Box<dyn Encoder>>,
         cfg: &BatchingConfig,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> std::io::Result<Self> {
         let dim = encoders.first().map_or(0, |e| e.dim());
         let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
@@ -80,10 +82,10 @@ impl Batcher {
                     max_batch: cfg.max_batch,
                     max_wait: Duration::from_millis(cfg.max_wait_ms),
                 };
-                let metrics = metrics.clone();
+                let (metrics, health) = (metrics.clone(), health.clone());
                 std::thread::Builder::new()
                     .name(format!("inference-{i}"))
-                    .spawn(move || worker(encoder, queue, metrics))
+                    .spawn(move || worker(encoder, queue, metrics, health))
             })
             .collect::<std::io::Result<_>>()?;
         Ok(Self {
@@ -223,52 +225,77 @@ impl Queue {
     }
 }
 
-fn worker(mut encoder: Box<dyn Encoder>, queue: Queue, metrics: Arc<Metrics>) {
+fn worker(mut encoder: Box<dyn Encoder>, queue: Queue, metrics: Arc<Metrics>, health: Arc<Health>) {
     while let Some((jobs, total)) = queue.next_run() {
         metrics.queue_depth.fetch_sub(total, Ordering::SeqCst);
-        run_batch(encoder.as_mut(), jobs, total, queue.max_batch, &metrics);
+        let run = Run {
+            max_batch: queue.max_batch,
+            metrics: &metrics,
+            health: &health,
+        };
+        run.batch(encoder.as_mut(), jobs, total);
     }
 }
 
-/// One model run over the jobs' images (in chunks of `max_batch`), rows sent back per job.
-fn run_batch(
-    encoder: &mut dyn Encoder,
-    jobs: Vec<Job>,
-    total: usize,
+/// What a model run reports to.
+struct Run<'a> {
     max_batch: usize,
-    metrics: &Metrics,
-) {
-    let per_image = jobs[0].images.len() / jobs[0].n.max(1);
-    let dim = encoder.dim();
-    let mut input = Vec::with_capacity(total * per_image);
-    for job in &jobs {
-        input.extend_from_slice(&job.images);
-    }
-    let mut output = Vec::with_capacity(total * dim);
-    let mut failure = None;
-    for start in (0..total).step_by(max_batch) {
-        let n = max_batch.min(total - start);
-        let t = Instant::now();
-        let chunk = &input[start * per_image..(start + n) * per_image];
-        match encoder.embed(chunk, n) {
-            Ok(rows) => output.extend_from_slice(&rows),
-            Err(e) => {
-                failure = Some(e.to_string());
-                break;
-            }
+    metrics: &'a Metrics,
+    health: &'a Health,
+}
+
+impl Run<'_> {
+    /// One model run over the jobs' images (in chunks of `max_batch`), rows sent back per
+    /// job. A run fails as a whole when the model errs or returns anything but finite unit
+    /// vectors; either way [`Health`] learns the outcome.
+    fn batch(&self, encoder: &mut dyn Encoder, jobs: Vec<Job>, total: usize) {
+        let per_image = jobs[0].images.len() / jobs[0].n.max(1);
+        let dim = encoder.dim();
+        let mut input = Vec::with_capacity(total * per_image);
+        for job in &jobs {
+            input.extend_from_slice(&job.images);
         }
-        metrics.record_stage(Stage::Inference, t.elapsed());
-        metrics.record_batch(n);
-    }
-    let mut offset = 0;
-    for job in jobs {
-        let result = match &failure {
-            Some(message) => Err(EmbedError::Model(message.clone())),
-            None => Ok(output[offset * dim..(offset + job.n) * dim].to_vec()),
-        };
-        offset += job.n;
-        // The requester may have gone (timeout, disconnect): nothing to do then.
-        let _ = job.reply.send(result);
+        let mut output = Vec::with_capacity(total * dim);
+        let mut failure = None;
+        for start in (0..total).step_by(self.max_batch) {
+            let n = self.max_batch.min(total - start);
+            let t = Instant::now();
+            let chunk = &input[start * per_image..(start + n) * per_image];
+            match encoder.embed(chunk, n) {
+                Ok(rows) if health::rows_are_unit_vectors(&rows, dim) => {
+                    output.extend_from_slice(&rows)
+                }
+                Ok(_) => {
+                    failure = Some(
+                        "the model returned embeddings that are not finite unit vectors".into(),
+                    );
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+            self.metrics.record_stage(Stage::Inference, t.elapsed());
+            self.metrics.record_batch(n);
+        }
+        match &failure {
+            Some(message) => {
+                log::error!("model run of {total} images failed: {message}");
+                self.health.run_failed(message);
+            }
+            None => self.health.run_succeeded(),
+        }
+        let mut offset = 0;
+        for job in jobs {
+            let result = match &failure {
+                Some(message) => Err(EmbedError::Model(message.clone())),
+                None => Ok(output[offset * dim..(offset + job.n) * dim].to_vec()),
+            };
+            offset += job.n;
+            // The requester may have gone (timeout, disconnect): nothing to do then.
+            let _ = job.reply.send(result);
+        }
     }
 }
 
@@ -278,7 +305,9 @@ mod tests {
     use simsiam::runtime::RuntimeError;
     use std::sync::Mutex;
 
-    /// Returns each image's first value repeated `dim` times, and records batch sizes.
+    /// Returns, for each image, the unit vector `[v/100, √(1 − (v/100)²)]` of its first
+    /// value `v` (so [`first`] reads `v` back), and records batch sizes. Images whose first
+    /// value is negative make the whole run fail, as a broken model would.
     struct Echo {
         dim: usize,
         per_image: usize,
@@ -293,10 +322,20 @@ mod tests {
         fn embed(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>, RuntimeError> {
             std::thread::sleep(self.delay);
             self.runs.lock().unwrap().push(n);
-            Ok((0..n)
-                .flat_map(|i| std::iter::repeat_n(images[i * self.per_image], self.dim))
+            let firsts: Vec<f32> = (0..n).map(|i| images[i * self.per_image]).collect();
+            if firsts.iter().any(|v| *v < 0.0) {
+                return Err(RuntimeError::NoOutput);
+            }
+            Ok(firsts
+                .iter()
+                .flat_map(|v| [v / 100.0, (1.0 - (v / 100.0).powi(2)).sqrt()])
                 .collect())
         }
+    }
+
+    /// The value each row of `rows` encodes (see [`Echo`]).
+    fn first(rows: &[f32]) -> Vec<f32> {
+        rows.chunks(2).map(|r| (r[0] * 100.0).round()).collect()
     }
 
     fn batcher(
@@ -318,8 +357,13 @@ mod tests {
             queue_capacity: capacity,
         };
         (
-            Batcher::start(vec![Box::new(echo)], &cfg, Arc::new(Metrics::default()))
-                .expect("start"),
+            Batcher::start(
+                vec![Box::new(echo)],
+                &cfg,
+                Arc::new(Metrics::default()),
+                Arc::new(Health::default()),
+            )
+            .expect("start"),
             runs,
         )
     }
@@ -340,7 +384,7 @@ mod tests {
         }
         for (r, h) in handles.into_iter().enumerate() {
             let rows = h.await.expect("join").expect("embed");
-            assert_eq!(rows, vec![r as f32; 2]);
+            assert_eq!(first(&rows), [r as f32]);
         }
         assert_eq!(*runs.lock().unwrap(), vec![6], "one run for all six");
     }
@@ -382,8 +426,7 @@ mod tests {
         let (b, runs) = batcher(4, 1, 64, 0);
         let images: Vec<f32> = (0..10).flat_map(|i| vec![i as f32; 3]).collect();
         let rows = b.embed(images, 10, b.ticket()).await.expect("embed");
-        let firsts: Vec<f32> = rows.chunks(2).map(|r| r[0]).collect();
-        assert_eq!(firsts, (0..10).map(|i| i as f32).collect::<Vec<_>>());
+        assert_eq!(first(&rows), (0..10).map(|i| i as f32).collect::<Vec<_>>());
         assert_eq!(*runs.lock().unwrap(), vec![4, 4, 2]);
     }
 
@@ -406,5 +449,38 @@ mod tests {
         assert!(matches!(err, EmbedError::Overloaded { .. }), "{err}");
         first.await.expect("join").expect("first");
         waiting.await.expect("join").expect("waiting");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_run_fails_its_requests_and_is_known_to_readiness() {
+        let health = Arc::new(Health::default());
+        let echo = Echo {
+            dim: 2,
+            per_image: 3,
+            runs: Arc::new(Mutex::new(Vec::new())),
+            delay: Duration::ZERO,
+        };
+        let cfg = BatchingConfig {
+            max_batch: 8,
+            max_wait_ms: 1,
+            queue_capacity: 64,
+        };
+        let b = Batcher::start(
+            vec![Box::new(echo)],
+            &cfg,
+            Arc::new(Metrics::default()),
+            health.clone(),
+        )
+        .expect("start");
+        let err = b.embed(vec![-1.0; 3], 1, b.ticket()).await.unwrap_err();
+        assert!(matches!(err, EmbedError::Model(_)), "{err}");
+        assert!(matches!(
+            health.model(),
+            crate::health::ModelState::Failed(_)
+        ));
+        b.embed(vec![3.0; 3], 1, b.ticket())
+            .await
+            .expect("a good run");
+        assert_eq!(health.model(), crate::health::ModelState::Serving);
     }
 }

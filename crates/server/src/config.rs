@@ -236,6 +236,17 @@ pub struct GalleryConfig {
     pub m: usize,
     pub ef_construction: usize,
     pub ef_search: usize,
+    /// What to do with a stored gallery whose vectors another model made: `refuse` to
+    /// start, or `reseed` it from the bundle (the old file is kept beside it).
+    pub on_model_change: OnModelChange,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnModelChange {
+    #[default]
+    Refuse,
+    Reseed,
 }
 
 impl Default for GalleryConfig {
@@ -245,6 +256,7 @@ impl Default for GalleryConfig {
             m: 16,
             ef_construction: 200,
             ef_search: 64,
+            on_model_change: OnModelChange::Refuse,
         }
     }
 }

@@ -93,11 +93,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[derive(Serialize, Deserialize)]
 struct Header {
     dim: usize,
+    /// The model that made the vectors (files written before it was recorded have none).
+    #[serde(default)]
+    model: Option<String>,
     items: Vec<Item>,
 }
 
 pub struct Gallery {
     dim: usize,
+    /// The model whose embeddings the vectors are (see `AppState::model_key`).
+    model: String,
     items: Vec<Item>,
     vectors: Vec<f32>,
     alive: Vec<bool>,
@@ -107,19 +112,22 @@ pub struct Gallery {
 }
 
 impl Gallery {
-    pub fn new(dim: usize, params: GraphParams) -> Self {
-        Self::from_parts(dim, Vec::new(), Vec::new(), params)
+    pub fn new(dim: usize, model: &str, params: GraphParams) -> Self {
+        Self::from_parts(dim, model, Vec::new(), Vec::new(), params)
     }
 
-    /// A gallery over `items` and their row-major `vectors` (later duplicates of an id win).
+    /// A gallery over `items` and their row-major `vectors` (later duplicates of an id
+    /// win), embedded by `model`.
     pub fn from_parts(
         dim: usize,
+        model: &str,
         items: Vec<Item>,
         vectors: Vec<f32>,
         params: GraphParams,
     ) -> Self {
         let mut g = Self {
             dim,
+            model: model.to_string(),
             items: Vec::new(),
             vectors: Vec::new(),
             alive: Vec::new(),
@@ -135,6 +143,11 @@ impl Gallery {
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// The model that made the vectors; empty for a file from before it was recorded.
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// Live entries.
@@ -198,7 +211,7 @@ impl Gallery {
     /// Drops tombstones and rebuilds the graph from the live vectors.
     fn compact(&mut self) {
         let (items, vectors) = self.live_parts();
-        *self = Self::from_parts(self.dim, items, vectors, self.params);
+        *self = Self::from_parts(self.dim, &self.model, items, vectors, self.params);
     }
 
     fn live_parts(&self) -> (Vec<Item>, Vec<f32>) {
@@ -271,17 +284,20 @@ impl Gallery {
 
     /// Writes the live entries to `dir/gallery.bin` atomically.
     pub fn save(&self, dir: &Path) -> Result<(), GalleryError> {
-        std::fs::create_dir_all(dir).map_err(|source| BundleError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        write_file(dir, &self.snapshot()?)
+    }
+
+    /// The bytes of `gallery.bin` for the live entries: an 8-byte header length, the JSON
+    /// header (dimension, model, items), then the vectors as little-endian f32.
+    pub fn snapshot(&self) -> Result<Vec<u8>, GalleryError> {
         let (items, vectors) = self.live_parts();
         let header = serde_json::to_vec(&Header {
             dim: self.dim,
+            model: Some(self.model.clone()),
             items,
         })
         .map_err(|e| GalleryError::Corrupt {
-            path: dir.join(FILE),
+            path: PathBuf::from(FILE),
             message: e.to_string(),
         })?;
         let mut bytes = Vec::with_capacity(8 + header.len() + vectors.len() * 4);
@@ -290,8 +306,7 @@ impl Gallery {
         for v in vectors {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        write_atomic(&dir.join(FILE), &bytes)?;
-        Ok(())
+        Ok(bytes)
     }
 
     /// Reads `dir/gallery.bin`; `None` when the file does not exist yet.
@@ -329,11 +344,22 @@ impl Gallery {
             .collect();
         Ok(Some(Self::from_parts(
             header.dim,
+            header.model.as_deref().unwrap_or_default(),
             header.items,
             vectors,
             params,
         )))
     }
+}
+
+/// Replaces `dir/gallery.bin` with `snapshot` atomically (temporary file, fsync, rename).
+pub fn write_file(dir: &Path, snapshot: &[u8]) -> Result<(), GalleryError> {
+    std::fs::create_dir_all(dir).map_err(|source| BundleError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write_atomic(&dir.join(FILE), snapshot)?;
+    Ok(())
 }
 
 fn new_graph(p: GraphParams, capacity: usize) -> Hnsw<'static, f32, UnitCosine> {
@@ -383,7 +409,7 @@ mod tests {
     }
 
     fn gallery(n: usize, dim: usize) -> Gallery {
-        let mut g = Gallery::new(dim, P);
+        let mut g = Gallery::new(dim, "test-model", P);
         for i in 0..n {
             g.upsert(item(i), &unit(i as u64, dim)).expect("upsert");
         }
@@ -469,6 +495,7 @@ mod tests {
             .expect("present");
         assert_eq!(back.len(), 29);
         assert_eq!(back.counts(), g.counts());
+        assert_eq!(back.model(), "test-model", "the file records the model");
         assert_eq!(
             back.search(&unit(5, 8), 1, None).expect("s")[0].metadata,
             serde_json::json!({"i": 5})

@@ -23,12 +23,14 @@ pub mod config;
 pub mod encoder;
 pub mod error;
 pub mod gallery;
+pub mod health;
 pub mod input;
 pub mod metrics;
 pub mod pipeline;
 pub mod priority;
 pub mod routes;
 pub mod state;
+pub mod store;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -92,6 +94,8 @@ pub async fn serve(cfg: ServerConfig) -> Result<(), ServeError> {
     })
     .workers(workers)
     .shutdown_timeout(cfg.http.shutdown_timeout_s)
+    // Signals are ours (below): readiness must turn 503 the moment shutdown begins.
+    .disable_signals()
     .bind(&addr)
     .map_err(|source| ServeError::Bind {
         addr: addr.clone(),
@@ -100,13 +104,34 @@ pub async fn serve(cfg: ServerConfig) -> Result<(), ServeError> {
     for a in server.addrs() {
         log::info!("listening on http://{a}/ (API page; JSON routes under /v1)");
     }
-    server.run().await.map_err(ServeError::Run)?;
+    let server = server.run();
+    actix_web::rt::spawn(stop_on_signal(server.handle(), state.clone()));
+    server.await.map_err(ServeError::Run)?;
     log::info!("stopped accepting requests; flushing the gallery");
-    let g = state.gallery_read();
-    if let Err(e) = state.save_gallery(&g) {
+    if let Err(e) = state.gallery.flush() {
         log::error!("{e}");
     }
     Ok(())
+}
+
+/// On SIGINT or SIGTERM: readiness turns 503, new connections are refused, and requests
+/// in flight get `http.shutdown_timeout_s` to finish.
+async fn stop_on_signal(server: actix_web::dev::ServerHandle, state: std::sync::Arc<AppState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot listen for SIGTERM/SIGINT: stop the server with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    log::info!("{name} received: not ready any more; finishing the requests in flight");
+    state.health.begin_shutdown();
+    server.stop(true).await;
 }
 
 fn cors(origins: &[String]) -> actix_cors::Cors {

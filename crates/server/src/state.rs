@@ -1,18 +1,26 @@
-//! What every handler shares: the bundle, the batcher, the probe, the gallery and the
+//! What every handler shares: the bundle, the batcher, the probe, the gallery, health and
 //! metrics, and the request pipeline (decode → preprocess → encoder) they all use.
+//!
+//! Start-up checks that every part of the bundle agrees before anything is served: the
+//! probe with the manifest (classes, feature width; checked by [`Bundle::probe`]), the
+//! ONNX model's output with the manifest's embedding dimension (a canary image through
+//! each session, which must also give unit vectors and the same answer in every session),
+//! and the stored gallery with the model (dimension and model identity).
 
 use crate::batcher::{Batcher, Ticket};
-use crate::config::ServerConfig;
+use crate::config::{OnModelChange, ServerConfig};
 use crate::encoder::{ActiveProvider, Encoder, OrtEncoder};
 use crate::gallery::{Gallery, GalleryError, GraphParams, Item};
+use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::pipeline::{preprocess, EmbedError};
+use crate::store::GalleryStore;
 use simsiam::bundle::{Bundle, Manifest};
 use simsiam::classes::breed_name;
 use simsiam::preprocess::EvalTransform;
 use simsiam::probe::LinearProbe;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// Start-up failures: each ends start-up with one message.
 #[derive(Debug, thiserror::Error)]
@@ -24,16 +32,30 @@ pub enum StartError {
     },
     #[error("ONNX Runtime: {0}")]
     Runtime(#[from] simsiam::runtime::RuntimeError),
+    #[error(
+        "model bundle {dir}: the manifest says {expected}-d embeddings, but encoder.onnx {found}"
+    )]
+    ModelOutput {
+        dir: PathBuf,
+        expected: usize,
+        found: String,
+    },
     #[error("gallery: {0}")]
     Gallery(#[from] GalleryError),
     #[error("cannot start the inference threads: {0}")]
     Spawn(std::io::Error),
     #[error("gallery {dir} holds {found}-d vectors but model {model} makes {expected}-d ones: point gallery.dir elsewhere or delete it")]
-    GalleryModel {
+    GalleryDimension {
         dir: PathBuf,
         model: String,
         expected: usize,
         found: usize,
+    },
+    #[error("gallery {dir} was embedded by model {found}, but this server runs {expected}: set gallery.on_model_change = \"reseed\" to rebuild it from the bundle (the old file is kept), or point gallery.dir elsewhere")]
+    GalleryModel {
+        dir: PathBuf,
+        expected: String,
+        found: String,
     },
 }
 
@@ -47,13 +69,17 @@ pub struct AppState {
     pub probe: LinearProbe,
     /// Breed names (display form) by class index.
     pub breeds: Vec<String>,
-    pub gallery: RwLock<Gallery>,
+    pub gallery: GalleryStore,
+    pub health: Arc<Health>,
+    /// The canary image's embedding as the model gave it at start-up: what `/readyz`
+    /// expects when it sends the canary again.
+    pub canary: Vec<f32>,
     pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    /// Opens and verifies the bundle, starts the inference threads, loads (or seeds) the
-    /// gallery.
+    /// Opens and verifies the bundle, checks its parts against each other, starts the
+    /// inference threads, loads (or seeds) the gallery.
     pub fn start(cfg: ServerConfig) -> Result<Arc<Self>, StartError> {
         let dir = cfg.model.dir.clone();
         let bundle_err = |source| StartError::Bundle {
@@ -62,42 +88,44 @@ impl AppState {
         };
         let bundle = Bundle::open(&dir).map_err(bundle_err)?;
         let probe = bundle.probe().map_err(bundle_err)?;
-        let model = bundle.encoder_bytes().map_err(bundle_err)?;
         let m = &bundle.manifest;
-        let dim = m.embedding.dim;
-        let mut encoders: Vec<Box<dyn Encoder>> = Vec::new();
-        let mut provider = ActiveProvider::Cpu;
-        for _ in 0..cfg.inference.sessions {
-            let (enc, p) = OrtEncoder::new(&model, m.input.size, dim, &cfg.inference)?;
-            provider = p;
-            encoders.push(Box::new(enc));
-        }
+        let transform = m.eval_transform();
+        let Sessions {
+            encoders,
+            provider,
+            canary,
+        } = start_encoders(&bundle, &cfg, &transform)?;
         log::info!(
             "model {} ({}, {}-d embeddings, {}px input): {} session(s) on {}",
             m.name,
             m.backbone,
-            dim,
+            m.embedding.dim,
             m.input.size,
             cfg.inference.sessions,
             provider
         );
-        let metrics = Arc::new(Metrics::default());
-        let batcher =
-            Batcher::start(encoders, &cfg.batching, metrics.clone()).map_err(StartError::Spawn)?;
+        let (metrics, health) = (Arc::new(Metrics::default()), Arc::new(Health::default()));
+        let batcher = Batcher::start(encoders, &cfg.batching, metrics.clone(), health.clone())
+            .map_err(StartError::Spawn)?;
         let breeds: Vec<String> = m.classes.iter().map(|c| breed_name(c)).collect();
         let gallery = open_gallery(&cfg, &bundle, &breeds)?;
-        metrics
-            .gallery_items
-            .store(gallery.len(), std::sync::atomic::Ordering::Relaxed);
+        let gallery = GalleryStore::new(
+            gallery,
+            cfg.gallery.dir.clone(),
+            health.clone(),
+            metrics.clone(),
+        );
         Ok(Arc::new(Self {
             model_id: format!("{}@{}", m.name, m.version),
-            transform: m.eval_transform(),
+            transform,
             manifest: bundle.manifest.clone(),
             provider,
             batcher,
             probe,
             breeds,
-            gallery: RwLock::new(gallery),
+            gallery,
+            health,
+            canary,
             metrics,
             cfg,
         }))
@@ -128,22 +156,81 @@ impl AppState {
         .await??;
         self.batcher.embed(tensors, n, ticket).await
     }
+}
 
-    pub fn gallery_read(&self) -> std::sync::RwLockReadGuard<'_, Gallery> {
-        self.gallery.read().unwrap_or_else(|e| e.into_inner())
-    }
+/// The identity of the model a gallery's vectors come from: its name, version and the
+/// sha256 of its encoder, so a retrained model under the same name is told apart.
+pub fn model_key(m: &Manifest) -> String {
+    let sha = m
+        .files
+        .get(simsiam::bundle::ENCODER)
+        .map_or("", |f| &f.sha256[..f.sha256.len().min(16)]);
+    format!("{}@{} (encoder {sha})", m.name, m.version)
+}
 
-    pub fn gallery_write(&self) -> std::sync::RwLockWriteGuard<'_, Gallery> {
-        self.gallery.write().unwrap_or_else(|e| e.into_inner())
-    }
+/// The inference sessions, checked.
+struct Sessions {
+    encoders: Vec<Box<dyn Encoder>>,
+    provider: ActiveProvider,
+    /// The canary image's embedding.
+    canary: Vec<f32>,
+}
 
-    /// Writes the gallery to disk (atomically); called after every change and at shutdown.
-    pub fn save_gallery(&self, g: &Gallery) -> Result<(), GalleryError> {
-        self.metrics
-            .gallery_items
-            .store(g.len(), std::sync::atomic::Ordering::Relaxed);
-        g.save(&self.cfg.gallery.dir)
+/// One session per configured session, each checked on the canary image: output of the
+/// manifest's width, finite unit vectors.
+fn start_encoders(
+    bundle: &Bundle,
+    cfg: &ServerConfig,
+    t: &EvalTransform,
+) -> Result<Sessions, StartError> {
+    let m = &bundle.manifest;
+    let dim = m.embedding.dim;
+    let model = bundle
+        .encoder_bytes()
+        .map_err(|source| StartError::Bundle {
+            dir: bundle.dir.clone(),
+            source,
+        })?;
+    let canary_input = preprocess(
+        &[health::canary_image().to_vec()],
+        t,
+        u64::MAX,
+        &Metrics::default(),
+    )
+    .map_err(|e| StartError::ModelOutput {
+        dir: bundle.dir.clone(),
+        expected: dim,
+        found: format!("could not be tested: {e}"),
+    })?;
+    let wrong = |found: String| StartError::ModelOutput {
+        dir: bundle.dir.clone(),
+        expected: dim,
+        found,
+    };
+    let mut encoders: Vec<Box<dyn Encoder>> = Vec::new();
+    let (mut provider, mut canary) = (ActiveProvider::Cpu, Vec::new());
+    for _ in 0..cfg.inference.sessions {
+        let (mut enc, p) = OrtEncoder::new(&model, m.input.size, dim, &cfg.inference)?;
+        let out = enc.embed(&canary_input, 1).map_err(|e| match e {
+            simsiam::runtime::RuntimeError::OutputShape { found, .. } => {
+                wrong(format!("gives outputs of shape {found:?}"))
+            }
+            other => StartError::Runtime(other),
+        })?;
+        if !health::rows_are_unit_vectors(&out, dim) {
+            return Err(wrong(
+                "gives embeddings that are not finite unit vectors".into(),
+            ));
+        }
+        provider = p;
+        canary = out;
+        encoders.push(Box::new(enc));
     }
+    Ok(Sessions {
+        encoders,
+        provider,
+        canary,
+    })
 }
 
 fn graph_params(cfg: &ServerConfig) -> GraphParams {
@@ -154,27 +241,64 @@ fn graph_params(cfg: &ServerConfig) -> GraphParams {
     }
 }
 
-/// The persisted gallery, or (first start) the bundle's gallery, saved as the start.
+/// The persisted gallery, or (first start) the bundle's gallery, saved as the start. A
+/// stored gallery must hold this model's vectors: another dimension stops start-up; another
+/// model stops it too, unless `gallery.on_model_change = "reseed"`.
 fn open_gallery(
     cfg: &ServerConfig,
     bundle: &Bundle,
     breeds: &[String],
 ) -> Result<Gallery, StartError> {
     let dim = bundle.manifest.embedding.dim;
-    let params = graph_params(cfg);
+    let key = model_key(&bundle.manifest);
     let dir = &cfg.gallery.dir;
-    if let Some(g) = Gallery::load(dir, params)? {
+    if let Some(g) = Gallery::load(dir, graph_params(cfg))? {
         if g.dim() != dim {
-            return Err(StartError::GalleryModel {
+            return Err(StartError::GalleryDimension {
                 dir: dir.clone(),
-                model: bundle.manifest.name.clone(),
+                model: key,
                 expected: dim,
                 found: g.dim(),
             });
         }
-        log::info!("gallery {}: {} items", dir.display(), g.len());
-        return Ok(g);
+        // A gallery from before the model was recorded is taken as this model's.
+        if g.model().is_empty() || g.model() == key {
+            log::info!("gallery {}: {} items", dir.display(), g.len());
+            return Ok(g);
+        }
+        if cfg.gallery.on_model_change == OnModelChange::Refuse {
+            return Err(StartError::GalleryModel {
+                dir: dir.clone(),
+                expected: key,
+                found: g.model().to_string(),
+            });
+        }
+        let kept = dir.join(format!("{}.previous-model", crate::gallery::FILE));
+        std::fs::rename(dir.join(crate::gallery::FILE), &kept).map_err(|source| {
+            GalleryError::Io(simsiam::bundle::BundleError::Io {
+                path: kept.clone(),
+                source,
+            })
+        })?;
+        log::warn!(
+            "gallery {}: made by {}, re-seeded for {key}; the old file is {}",
+            dir.display(),
+            g.model(),
+            kept.display()
+        );
     }
+    seed_gallery(cfg, bundle, breeds, &key)
+}
+
+/// A new gallery from the bundle's seed gallery (or empty), written to `gallery.dir`.
+fn seed_gallery(
+    cfg: &ServerConfig,
+    bundle: &Bundle,
+    breeds: &[String],
+    key: &str,
+) -> Result<Gallery, StartError> {
+    let dim = bundle.manifest.embedding.dim;
+    let params = graph_params(cfg);
     let seed = bundle.seed_gallery().map_err(|source| StartError::Bundle {
         dir: bundle.dir.clone(),
         source,
@@ -189,14 +313,14 @@ fn open_gallery(
                     metadata: serde_json::Value::Null,
                 })
                 .collect();
-            Gallery::from_parts(dim, items, seed.vectors, params)
+            Gallery::from_parts(dim, key, items, seed.vectors, params)
         }
-        None => Gallery::new(dim, params),
+        None => Gallery::new(dim, key, params),
     };
-    g.save(dir)?;
+    g.save(&cfg.gallery.dir)?;
     log::info!(
         "gallery {}: seeded with {} items from the bundle",
-        dir.display(),
+        cfg.gallery.dir.display(),
         g.len()
     );
     Ok(g)

@@ -1,8 +1,9 @@
 //! Checkpoints: weights and momentum as safetensors, plus a small JSON with the epoch,
 //! step, seeds and the resolved configuration, so a run can be resumed or exported.
 //!
-//! Files are written under a temporary name and renamed, so an interrupted save never
-//! leaves a half-written checkpoint in place of a good one.
+//! The JSON (`checkpoint-last.json`, `checkpoint-best.json`) is the commit point: it names
+//! the tensor files, and it is replaced atomically only once they are complete, so a
+//! process killed at any moment leaves one consistent checkpoint (see [`save`]).
 
 use crate::config::TrainConfig;
 use crate::session::Session;
@@ -28,23 +29,36 @@ pub struct CheckpointMeta {
     pub classes: Vec<String>,
     pub config: TrainConfig,
     pub saved_unix: u64,
-    /// The device that trained it, with its name (`Cuda(0) NVIDIA H200`).
+    /// The device that trained it, with its name (`cuda:0: NVIDIA H200`).
     #[serde(default)]
     pub device: String,
+    /// The tensor files (set by [`save`]; absent from checkpoints written before).
+    #[serde(default)]
+    pub files: Option<CheckpointFiles>,
 }
 
-fn paths(dir: &Path, tag: &str) -> [PathBuf; 3] {
-    [
-        dir.join(format!("{tag}.safetensors")),
-        dir.join(format!("{tag}.optim.safetensors")),
-        dir.join(format!("{tag}.json")),
-    ]
+/// The tensor files a checkpoint's JSON names, relative to the run directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointFiles {
+    pub weights: String,
+    pub optimizer: String,
 }
 
-fn tmp(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+/// `dir/<tag>.json`: the commit point of a checkpoint.
+fn json_path(dir: &Path, tag: &str) -> PathBuf {
+    dir.join(format!("{tag}.json"))
+}
+
+/// The files of checkpoint `meta`: those it names, or (checkpoints written before the
+/// JSON named its files) `<tag>.safetensors` and `<tag>.optim.safetensors`.
+fn files(dir: &Path, tag: &str, meta: &CheckpointMeta) -> (PathBuf, PathBuf) {
+    match &meta.files {
+        Some(f) => (dir.join(&f.weights), dir.join(&f.optimizer)),
+        None => (
+            dir.join(format!("{tag}.safetensors")),
+            dir.join(format!("{tag}.optim.safetensors")),
+        ),
+    }
 }
 
 fn tensor_file(path: &Path) -> impl FnOnce(tch::TchError) -> TrainError + '_ {
@@ -54,18 +68,36 @@ fn tensor_file(path: &Path) -> impl FnOnce(tch::TchError) -> TrainError + '_ {
     }
 }
 
-/// Saves the weights, momentum buffers and `meta` as `dir/<tag>.*`.
+/// Makes a finished file durable before anything points at it.
+fn sync(path: &Path) -> Result<(), TrainError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(TrainError::io(path))
+}
+
+/// Saves the weights, momentum buffers and `meta` as checkpoint `tag` of `dir`.
+///
+/// A save is one atomic step, whatever moment the process is killed at: the tensors go to
+/// files named after the epoch (`checkpoint-e0005.safetensors`, `….optim.safetensors`),
+/// written under temporary names, fsynced and renamed; then `<tag>.json`, which names
+/// them, replaces the old one atomically ([`bundle::write_atomic`]). Until that rename the
+/// old JSON still names the old, complete files; afterwards the new ones. Files no
+/// checkpoint names any more are removed last.
 pub fn save(
     dir: &Path,
     tag: &str,
     session: &Session,
     meta: &CheckpointMeta,
 ) -> Result<(), TrainError> {
-    let [weights, optim, json] = paths(dir, tag);
+    let stem = format!("checkpoint-e{:04}", meta.epoch);
+    let names = CheckpointFiles {
+        weights: format!("{stem}.safetensors"),
+        optimizer: format!("{stem}.optim.safetensors"),
+    };
     // Tensor files keep their .safetensors extension in the temporary name: tch picks
     // the format from it.
-    let tmp_weights = dir.join(format!("{tag}.tmp.safetensors"));
-    let tmp_optim = dir.join(format!("{tag}.optim.tmp.safetensors"));
+    let tmp_weights = dir.join(format!("{stem}.tmp.safetensors"));
+    let tmp_optim = dir.join(format!("{stem}.optim.tmp.safetensors"));
     // Contiguous copies: channels-last weights have NHWC strides, which safetensors cannot store.
     let mut vars: Vec<(String, tch::Tensor)> = session
         .vs
@@ -79,21 +111,56 @@ pub fn save(
         .opt
         .save(&tmp_optim)
         .map_err(tensor_file(&tmp_optim))?;
-    let text = serde_json::to_string_pretty(meta).map_err(TrainError::json(&json))?;
-    std::fs::write(tmp(&json), text).map_err(TrainError::io(tmp(&json)))?;
     for (from, to) in [
-        (tmp_weights, weights),
-        (tmp_optim, optim),
-        (tmp(&json), json),
+        (&tmp_weights, &names.weights),
+        (&tmp_optim, &names.optimizer),
     ] {
-        std::fs::rename(&from, &to).map_err(TrainError::io(to))?;
+        sync(from)?;
+        std::fs::rename(from, dir.join(to)).map_err(TrainError::io(dir.join(to)))?;
+    }
+    let meta = CheckpointMeta {
+        files: Some(names),
+        ..meta.clone()
+    };
+    commit(dir, tag, &meta)?;
+    remove_unnamed(dir)
+}
+
+/// Writes `dir/<tag>.json` atomically: the moment checkpoint `tag` becomes `meta`.
+fn commit(dir: &Path, tag: &str, meta: &CheckpointMeta) -> Result<(), TrainError> {
+    let json = json_path(dir, tag);
+    let text = serde_json::to_string_pretty(meta).map_err(TrainError::json(&json))?;
+    simsiam::bundle::write_atomic(&json, text.as_bytes())
+        .map_err(|e| TrainError::io(&json)(std::io::Error::other(e)))
+}
+
+/// Removes the tensor files that neither `checkpoint-last` nor `checkpoint-best` names,
+/// and the temporary files of saves that were interrupted.
+fn remove_unnamed(dir: &Path) -> Result<(), TrainError> {
+    let mut named = Vec::new();
+    for tag in [LAST, BEST] {
+        if let Ok(meta) = read_meta(dir, tag) {
+            let (w, o) = files(dir, tag, &meta);
+            named.extend([w, o]);
+        }
+    }
+    let entries = std::fs::read_dir(dir).map_err(TrainError::io(dir))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint-e")
+            && name.ends_with(".safetensors")
+            && !named.contains(&path)
+        {
+            std::fs::remove_file(&path).map_err(TrainError::io(&path))?;
+        }
     }
     Ok(())
 }
 
 /// Reads `dir/<tag>.json`.
 pub fn read_meta(dir: &Path, tag: &str) -> Result<CheckpointMeta, TrainError> {
-    let [_, _, json] = paths(dir, tag);
+    let json = json_path(dir, tag);
     let text = std::fs::read_to_string(&json).map_err(TrainError::io(&json))?;
     serde_json::from_str(&text).map_err(TrainError::json(json))
 }
@@ -106,7 +173,7 @@ pub fn load(
     with_optimizer: bool,
 ) -> Result<CheckpointMeta, TrainError> {
     let meta = read_meta(dir, tag)?;
-    let [weights, optim, _] = paths(dir, tag);
+    let (weights, optim) = files(dir, tag, &meta);
     session.vs.load(&weights).map_err(tensor_file(&weights))?;
     if with_optimizer {
         session.opt.load(&optim).map_err(tensor_file(&optim))?;
@@ -114,11 +181,24 @@ pub fn load(
     Ok(meta)
 }
 
-/// Copies the files of checkpoint `from` to `to` (e.g. last → best).
+/// Makes checkpoint `to` the same as `from` (e.g. best := last): its JSON names the same
+/// tensor files, so nothing is copied.
 pub fn copy(dir: &Path, from: &str, to: &str) -> Result<(), TrainError> {
-    for (src, dst) in paths(dir, from).iter().zip(paths(dir, to)) {
-        std::fs::copy(src, tmp(&dst)).map_err(TrainError::io(src))?;
-        std::fs::rename(tmp(&dst), &dst).map_err(TrainError::io(&dst))?;
-    }
-    Ok(())
+    let meta = read_meta(dir, from)?;
+    let (weights, optim) = files(dir, from, &meta);
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let meta = CheckpointMeta {
+        files: Some(CheckpointFiles {
+            weights: name(&weights),
+            optimizer: name(&optim),
+        }),
+        ..meta
+    };
+    commit(dir, to, &meta)?;
+    remove_unnamed(dir)
 }

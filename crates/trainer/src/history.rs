@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,23 +61,35 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
 }
 
 /// Reads all records of a metrics file (an absent file has none).
+///
+/// A last line without its newline is what a process killed mid-append leaves: when it
+/// does not parse it is dropped with a warning (the epoch is trained again on resume). A
+/// bad line anywhere else is an error.
 pub fn read(path: &Path) -> Result<Vec<EpochMetrics>, HistoryError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let file = File::open(path).map_err(io_err(path))?;
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(io_err(path))?;
+    for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let rec = serde_json::from_str(&line).map_err(|source| HistoryError::Parse {
-            path: path.to_path_buf(),
-            line: i + 1,
-            source,
-        })?;
-        out.push(rec);
+        match serde_json::from_str(line) {
+            Ok(rec) => out.push(rec),
+            Err(_) if i + 1 == lines.len() && !complete => {
+                log::warn!("{}: ignoring the cut-off last line", path.display());
+            }
+            Err(source) => {
+                return Err(HistoryError::Parse {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    source,
+                })
+            }
+        }
     }
     Ok(out)
 }
@@ -92,24 +104,18 @@ impl MetricsWriter {
     /// Opens `path` keeping the records of epochs `<= keep_through` (resume) and dropping
     /// any later ones, which a resumed run will write again.
     pub fn open(path: &Path, keep_through: usize) -> Result<Self, HistoryError> {
-        let kept: Vec<_> = read(path)?
+        let kept: String = read(path)?
             .into_iter()
             .filter(|m| m.epoch <= keep_through)
+            .map(|m| serde_json::to_string(&m).expect("metrics serialise") + "\n")
             .collect();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
+        // Replaced atomically: a process killed here keeps the old history, never none.
+        simsiam::bundle::write_atomic(path, kept.as_bytes())
+            .map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+        let file = OpenOptions::new()
+            .append(true)
             .open(path)
             .map_err(io_err(path))?;
-        for m in &kept {
-            writeln!(
-                file,
-                "{}",
-                serde_json::to_string(m).expect("metrics serialise")
-            )
-            .map_err(io_err(path))?;
-        }
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -162,5 +168,21 @@ mod tests {
         w.append(&rec(3, Some(0.3))).expect("append");
         assert_eq!(read(&path).expect("read")[2], rec(3, Some(0.3)));
         assert_eq!(read(&path).expect("read").len(), 3);
+    }
+
+    #[test]
+    fn a_line_cut_off_by_a_crash_is_dropped_but_damage_elsewhere_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metrics.jsonl");
+        let whole = serde_json::to_string(&rec(1, None)).expect("json");
+        let next = serde_json::to_string(&rec(2, None)).expect("json");
+        std::fs::write(&path, format!("{whole}\n{}", &next[..20])).expect("write");
+        assert_eq!(read(&path).expect("read"), vec![rec(1, None)]);
+        let mut w = MetricsWriter::open(&path, 1).expect("resume");
+        w.append(&rec(2, None)).expect("append");
+        assert_eq!(read(&path).expect("read"), vec![rec(1, None), rec(2, None)]);
+        std::fs::write(&path, format!("{}\n{whole}\n", &next[..20])).expect("write");
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
     }
 }

@@ -372,6 +372,7 @@ impl<'c> Run<'c> {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             device: self.device.clone(),
+            files: None,
         };
         checkpoint::save(&self.out, LAST, &self.session, &meta)?;
         if improved || !self.out.join(format!("{BEST}.json")).exists() {

@@ -91,16 +91,41 @@ fn two_epoch_run_evaluates_exports_builds_a_gallery_and_is_served_as_trained() {
     a.extend(["--epochs".into(), "2".into()]);
     let stderr = ok(&trainer(&args(&a), &[]));
     for f in [
-        "checkpoint-last.safetensors",
-        "checkpoint-last.optim.safetensors",
         "checkpoint-last.json",
-        "checkpoint-best.safetensors",
+        "checkpoint-best.json",
         "metrics.jsonl",
         "training.png",
         "config.json",
     ] {
         assert!(run.join(f).is_file(), "{f} missing; stderr:\n{stderr}");
     }
+    // The checkpoints' JSON names their tensor files; only named ones are kept.
+    let named = |tag: &str| -> Vec<String> {
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join(format!("{tag}.json"))).expect("meta"),
+        )
+        .expect("json");
+        let files = &meta["files"];
+        vec![
+            files["weights"].as_str().expect("weights").to_string(),
+            files["optimizer"].as_str().expect("optimizer").to_string(),
+        ]
+    };
+    let mut expected: Vec<String> = named("checkpoint-last");
+    expected.extend(named("checkpoint-best"));
+    expected.sort();
+    expected.dedup();
+    for f in &expected {
+        assert!(run.join(f).is_file(), "{f} named but missing");
+    }
+    let mut on_disk: Vec<String> = std::fs::read_dir(&run)
+        .expect("run dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors") && n.starts_with("checkpoint"))
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, expected, "stale tensor files are removed");
     let m = metrics(&run);
     assert_eq!(m.len(), 2);
     for (i, rec) in m.iter().enumerate() {
@@ -428,4 +453,86 @@ fn bench_prints_all_three_throughputs() {
     ] {
         assert!(r[key].as_f64().expect(key) > 0.0, "{key}");
     }
+}
+
+/// `n` pseudo-random delays in [200, 1500) ms from `seed` (xorshift64).
+fn kill_delays(mut seed: u64, n: usize) -> Vec<std::time::Duration> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            std::time::Duration::from_millis(200 + seed % 1300)
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_killed_at_random_moments_resumes_from_one_consistent_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = image_folder(dir.path(), 2, 12);
+    let run = dir.path().join("run");
+    let mut a = tiny(&data, &run);
+    a.extend(["--epochs".into(), "8".into()]);
+    let kills: usize = std::env::var("SIMSIAM_TEST_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 | 1);
+    eprintln!("kill delays from seed {seed}");
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let with_resume = |a: &[String]| {
+        let mut a = a.to_vec();
+        if run.join("checkpoint-last.json").exists() {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let mut killed = 0;
+    for delay in kill_delays(seed, kills) {
+        let log = std::fs::File::create(dir.path().join("killed.log")).expect("log");
+        let mut child = Command::new(TRAINER)
+            .current_dir(ROOT)
+            .args(with_resume(&a))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start trainer");
+        std::thread::sleep(delay);
+        match child.try_wait().expect("wait") {
+            Some(status) => {
+                let log =
+                    std::fs::read_to_string(dir.path().join("killed.log")).unwrap_or_default();
+                assert!(
+                    status.success(),
+                    "a resumed run failed after a kill:\n{log}"
+                );
+                break; // finished before the kill
+            }
+            None => {
+                child.kill().expect("SIGKILL");
+                child.wait().expect("reap");
+                killed += 1;
+            }
+        }
+    }
+    drop(_guard);
+    let stderr = ok(&trainer(&args(&with_resume(&a)), &[]));
+    eprintln!("{killed} kills");
+    let m = metrics(&run);
+    let epochs: Vec<u64> = m
+        .iter()
+        .map(|r| r["epoch"].as_u64().expect("epoch"))
+        .collect();
+    assert_eq!(epochs, (1..=8).collect::<Vec<_>>(), "{stderr}");
+    let steps: Vec<u64> = m
+        .iter()
+        .map(|r| r["step"].as_u64().expect("step"))
+        .collect();
+    assert!(
+        steps.windows(2).all(|w| w[1] == w[0] + steps[0]),
+        "the step count grows by one epoch's steps each time: {steps:?}"
+    );
 }

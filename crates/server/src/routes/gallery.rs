@@ -62,12 +62,12 @@ async fn add(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpR
         let st = state.clone();
         let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
         let total = web::block(move || {
-            let mut g = st.gallery_write();
-            for (item, v) in items.into_iter().zip(vectors.chunks(dim)) {
-                g.upsert(item, v)?;
-            }
-            st.save_gallery(&g)?;
-            Ok::<_, ApiError>(g.len())
+            st.gallery.change(|g| {
+                for (item, v) in items.into_iter().zip(vectors.chunks(dim)) {
+                    g.upsert(item, v)?;
+                }
+                Ok::<_, ApiError>(g.len())
+            })
         })
         .await??;
         Ok(HttpResponse::Created().json(Added {
@@ -151,16 +151,16 @@ async fn remove(state: State, id: web::Path<String>) -> Result<HttpResponse, Api
     let st = state.clone();
     within_timeout(&state, async move {
         let removed = web::block(move || {
-            let mut g = st.gallery_write();
-            if !g.remove(&id) {
-                return Err(ApiError::NotFound(format!(
-                    "no gallery entry with id {id:?}"
-                )));
-            }
-            st.save_gallery(&g)?;
-            Ok(Removed {
-                deleted: id,
-                total: g.len(),
+            st.gallery.change(|g| {
+                if !g.remove(&id) {
+                    return Err(ApiError::NotFound(format!(
+                        "no gallery entry with id {id:?}"
+                    )));
+                }
+                Ok(Removed {
+                    deleted: id,
+                    total: g.len(),
+                })
             })
         })
         .await??;
@@ -176,11 +176,16 @@ struct Counts {
     by_breed: BTreeMap<String, usize>,
 }
 
-async fn counts(state: State) -> HttpResponse {
-    let g = state.gallery_read();
-    HttpResponse::Ok().json(Counts {
-        total: g.len(),
-        dim: g.dim(),
-        by_breed: g.counts(),
+/// Read on the blocking pool: the gallery's lock may be held by a change.
+async fn counts(state: State) -> Result<HttpResponse, ApiError> {
+    let counts = web::block(move || {
+        let g = state.gallery.read();
+        Counts {
+            total: g.len(),
+            dim: g.dim(),
+            by_breed: g.counts(),
+        }
     })
+    .await?;
+    Ok(HttpResponse::Ok().json(counts))
 }

@@ -3,10 +3,9 @@
 
 use super::State;
 use crate::error::ApiError;
+use crate::health::{self, ModelState};
 use actix_web::{web, HttpResponse};
 use serde_json::json;
-use std::io::Cursor;
-use std::sync::OnceLock;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for (path, route) in [
@@ -40,50 +39,54 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// A built-in test image (a colour gradient, as PNG) through decode, model, probe and index.
+/// Ready: not shutting down, the gallery's last write succeeded, and the model produced
+/// correct embeddings recently: judged from the runs it made for clients when there were
+/// any in the last few seconds (no queueing behind them), else by sending the canary image
+/// through it and comparing with its embedding at start-up (see [`crate::health`]).
 async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
     let unavailable = |what: String| ApiError::Unavailable(format!("not ready: {what}"));
-    let embedding = state
-        .embed(vec![test_image().to_vec()], state.ticket())
-        .await
-        .map_err(|e| unavailable(format!("model: {e}")))?;
-    let norm = embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if embedding.len() != state.batcher.dim() || (norm - 1.0).abs() > 1e-3 {
-        return Err(unavailable(format!(
-            "model returned a vector of norm {norm}"
-        )));
+    if state.health.shutting_down() {
+        return Err(unavailable("shutting down".into()));
     }
-    let top = state
-        .probe
-        .top_k(&embedding, 1)
-        .map_err(|e| unavailable(format!("probe: {e}")))?;
-    let g = state.gallery_read();
-    let hits = g
-        .search(&embedding, 1, None)
-        .map_err(|e| unavailable(format!("index: {e}")))?;
-    if !g.is_empty() && hits.is_empty() {
-        return Err(unavailable("the index returned nothing".into()));
+    if let Some(e) = state.health.gallery_failure() {
+        return Err(unavailable(format!("the last gallery write failed: {e}")));
     }
+    let model = match state.health.model() {
+        ModelState::Serving => "serving",
+        ModelState::Failed(_) | ModelState::Unknown => {
+            canary(&state).await.map_err(unavailable)?;
+            "canary passed"
+        }
+    };
+    // Counted only when no change holds the gallery: readiness never waits for one.
+    let gallery_items = state.gallery.try_read().map(|g| g.len());
     Ok(HttpResponse::Ok().json(json!({
         "status": "ready",
         "model": state.model_id,
         "provider": state.provider,
-        "gallery_items": g.len(),
-        "self_test": { "top_breed": top.first().map(|(c, _)| &state.breeds[*c]) },
+        "check": model,
+        "gallery_items": gallery_items,
     })))
 }
 
-fn test_image() -> &'static [u8] {
-    static PNG: OnceLock<Vec<u8>> = OnceLock::new();
-    PNG.get_or_init(|| {
-        let img = image::RgbImage::from_fn(96, 80, |x, y| {
-            image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
-        });
-        let mut out = Cursor::new(Vec::new());
-        // Encoding a small in-memory image cannot fail.
-        let _ = img.write_to(&mut out, image::ImageFormat::Png);
-        out.into_inner()
-    })
+/// The canary image through decoding, preprocessing and the model: its embedding must
+/// match the one the model gave at start-up.
+async fn canary(state: &State) -> Result<(), String> {
+    let e = state
+        .embed(vec![health::canary_image().to_vec()], state.ticket())
+        .await
+        .map_err(|e| format!("model: {e}"))?;
+    let diff = e
+        .iter()
+        .zip(&state.canary)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    if e.len() != state.canary.len() || diff > 1e-4 {
+        return Err(format!(
+            "the canary image's embedding moved by {diff:.2e} since start-up"
+        ));
+    }
+    Ok(())
 }
 
 async fn metrics(state: State) -> HttpResponse {

@@ -69,7 +69,7 @@ async fn search(
         let st = state.clone();
         let results = web::block(move || {
             let t = Instant::now();
-            let g = st.gallery_read();
+            let g = st.gallery.read();
             let out = queries
                 .chunks(dim)
                 .map(|q| {
