@@ -261,12 +261,73 @@ impl Default for GalleryConfig {
     }
 }
 
+/// API keys, sent as `Authorization: Bearer <key>`. With no key set the API is open.
+/// With any key set, every route but health, readiness and the docs needs one: the read
+/// key opens the read routes (embed, search, classify, models, gallery counts); the admin
+/// key opens those and the admin routes too (gallery writes, metrics). Each key comes from
+/// the configuration, the environment (`SIMSIAM_SERVER_AUTH__READ_KEY`), or a file
+/// (`read_key_file`, read once at start-up; the way container secrets arrive).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// When set (non-empty), every route except health, readiness and docs needs
-    /// `Authorization: Bearer <api_key>`.
+    pub read_key: String,
+    pub read_key_file: Option<PathBuf>,
+    pub admin_key: String,
+    pub admin_key_file: Option<PathBuf>,
+    /// The one key of earlier versions: an admin key.
     pub api_key: String,
+}
+
+impl AuthConfig {
+    /// Whether any key is set: the API is closed.
+    pub fn enabled(&self) -> bool {
+        !self.read_key.is_empty() || !self.admin_key.is_empty()
+    }
+
+    /// Reads the key files into the keys, and takes `api_key` as the admin key; a key set
+    /// twice (value and file, or admin and api) is an error naming it.
+    fn resolve(&mut self) -> Result<(), ConfigError> {
+        let read = |file: &Path, key: &'static str| {
+            std::fs::read_to_string(file)
+                .map(|k| k.trim().to_string())
+                .map_err(|e| ConfigError::Invalid {
+                    key,
+                    message: format!("cannot read {}: {e}", file.display()),
+                })
+        };
+        let twice = |key: &'static str| ConfigError::Invalid {
+            key,
+            message: "set either the key or its file, not both".into(),
+        };
+        if let Some(f) = self.read_key_file.take() {
+            if !self.read_key.is_empty() {
+                return Err(twice("auth.read_key_file"));
+            }
+            self.read_key = read(&f, "auth.read_key_file")?;
+        }
+        if let Some(f) = self.admin_key_file.take() {
+            if !self.admin_key.is_empty() {
+                return Err(twice("auth.admin_key_file"));
+            }
+            self.admin_key = read(&f, "auth.admin_key_file")?;
+        }
+        if !self.api_key.is_empty() {
+            if !self.admin_key.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "auth.api_key",
+                    message: "is the admin key of earlier versions: set auth.admin_key only".into(),
+                });
+            }
+            self.admin_key = std::mem::take(&mut self.api_key);
+        }
+        if self.enabled() && self.read_key == self.admin_key {
+            return Err(ConfigError::Invalid {
+                key: "auth.read_key",
+                message: "must differ from auth.admin_key".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -286,13 +347,14 @@ impl ServerConfig {
             .list_separator(",")
             .with_list_parse_key("cors.allowed_origins")
             .try_parsing(true);
-        let cfg: ServerConfig = simsiam::config::layered(
+        let mut cfg: ServerConfig = simsiam::config::layered(
             &ServerConfig::default(),
             file,
             "config/server.toml",
             env,
             overrides,
         )?;
+        cfg.auth.resolve()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -414,6 +476,51 @@ mod tests {
             err.to_string().contains("inference.cuda.device_id"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn keys_come_from_values_or_files_and_the_old_key_is_the_admin_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("read.key");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let path = file.to_string_lossy().into_owned();
+        let cfg = ServerConfig::load(
+            None,
+            vec![
+                ("auth.read_key_file", path.clone().into()),
+                ("auth.api_key", "old".into()),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            (cfg.auth.read_key.as_str(), cfg.auth.admin_key.as_str()),
+            ("from-file", "old")
+        );
+        assert!(cfg.auth.enabled());
+        for (overrides, key) in [
+            (
+                vec![
+                    ("auth.read_key", "x".into()),
+                    ("auth.read_key_file", path.into()),
+                ],
+                "auth.read_key_file",
+            ),
+            (
+                vec![
+                    ("auth.read_key", "same".into()),
+                    ("auth.admin_key", "same".into()),
+                ],
+                "auth.read_key",
+            ),
+            (
+                vec![("auth.admin_key_file", "/no/such/key".into())],
+                "auth.admin_key_file",
+            ),
+        ] {
+            let err = ServerConfig::load(None, overrides).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        assert!(!ServerConfig::default().auth.enabled());
     }
 
     #[test]

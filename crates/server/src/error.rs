@@ -24,6 +24,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or wrong API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    #[error("this key may only read: gallery changes and metrics need the admin key")]
+    Forbidden,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -105,6 +107,7 @@ impl ApiError {
             ApiError::BadImage { .. } => "bad_image",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -122,6 +125,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadImage { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -179,6 +183,7 @@ mod tests {
             ),
             (ApiError::BadRequest("x".into()), 400),
             (ApiError::Unauthorized, 401),
+            (ApiError::Forbidden, 403),
             (ApiError::NotFound("x".into()), 404),
             (ApiError::TooLarge("x".into()), 413),
             (ApiError::UnsupportedMediaType("text/plain".into()), 415),

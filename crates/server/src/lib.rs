@@ -153,27 +153,62 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
     c
 }
 
-/// Bearer API key, when one is configured, compared in constant time.
+/// Which key a route needs (see [`config::AuthConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Health, readiness and the docs.
+    Public,
+    /// Embed, search, classify, models, gallery counts: the read key or the admin key.
+    Read,
+    /// Gallery writes and metrics: the admin key.
+    Admin,
+}
+
+/// The role a request needs, from its method and path.
+pub fn role(method: &actix_web::http::Method, path: &str) -> Role {
+    if PUBLIC.contains(&path) || method == actix_web::http::Method::OPTIONS {
+        Role::Public
+    } else if path == "/metrics"
+        || (path.starts_with("/v1/gallery") && method != actix_web::http::Method::GET)
+    {
+        Role::Admin
+    } else {
+        Role::Read
+    }
+}
+
+/// Bearer API keys, when any is configured, compared in constant time: 401 without a
+/// valid key, 403 with the read key on an admin route.
 async fn authorize(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let key = req
+    let Some(auth) = req
         .app_data::<web::Data<AppState>>()
-        .map(|s| s.cfg.auth.api_key.clone())
-        .unwrap_or_default();
-    if !key.is_empty()
-        && !PUBLIC.contains(&req.path())
-        && req.method() != actix_web::http::Method::OPTIONS
-    {
+        .map(|s| s.cfg.auth.clone())
+        .filter(|a| a.enabled())
+    else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    let needed = role(req.method(), req.path());
+    if needed != Role::Public {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return Ok(req.into_response(ApiError::Unauthorized.error_response()));
+        let matches =
+            |key: &str| !key.is_empty() && constant_time_eq(given.as_bytes(), key.as_bytes());
+        let (admin, read) = (matches(&auth.admin_key), matches(&auth.read_key));
+        let refused = match needed {
+            _ if admin => None,
+            Role::Read if read => None,
+            Role::Admin if read => Some(ApiError::Forbidden),
+            _ => Some(ApiError::Unauthorized),
+        };
+        if let Some(e) = refused {
+            return Ok(req.into_response(e.error_response()));
         }
     }
     Ok(next.call(req).await?.map_into_boxed_body())
@@ -223,4 +258,28 @@ async fn observe(
             .record_request(&route, res.status().as_u16(), start.elapsed());
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::Method;
+
+    #[test]
+    fn gallery_writes_and_metrics_are_admin_and_the_rest_reads() {
+        for (m, path, want) in [
+            (Method::POST, "/v1/embed", Role::Read),
+            (Method::POST, "/v1/search", Role::Read),
+            (Method::POST, "/v1/classify", Role::Read),
+            (Method::GET, "/v1/models", Role::Read),
+            (Method::GET, "/v1/gallery", Role::Read),
+            (Method::POST, "/v1/gallery", Role::Admin),
+            (Method::DELETE, "/v1/gallery/a/b", Role::Admin),
+            (Method::GET, "/metrics", Role::Admin),
+            (Method::GET, "/readyz", Role::Public),
+            (Method::OPTIONS, "/v1/gallery", Role::Public),
+        ] {
+            assert_eq!(role(&m, path), want, "{m} {path}");
+        }
+    }
 }

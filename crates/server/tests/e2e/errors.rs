@@ -361,3 +361,63 @@ fn start_up_failures_end_with_one_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn the_read_key_reads_and_only_the_admin_key_writes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let admin_file = dir.path().join("admin.key");
+    std::fs::write(&admin_file, "adm1n\n").expect("key file");
+    let s = Server::start(
+        &dir.path().join("gallery"),
+        &[
+            ("SIMSIAM_SERVER_AUTH__READ_KEY", "r3ad"),
+            (
+                "SIMSIAM_SERVER_AUTH__ADMIN_KEY_FILE",
+                admin_file.to_str().expect("utf8"),
+            ),
+        ],
+    );
+    let jpeg = image_bytes("class_1/4.jpg");
+    let with = |key: &str| format!("Bearer {key}");
+    let classify = |key: Option<&str>| {
+        let auth = key.map(with);
+        let mut h = vec![("Content-Type", "image/jpeg")];
+        if let Some(a) = &auth {
+            h.push(("Authorization", a));
+        }
+        s.call("POST", "/v1/classify", &h, &jpeg).status
+    };
+    assert_eq!(classify(None), 401);
+    assert_eq!(classify(Some("wrong")), 401);
+    assert_eq!(classify(Some("r3ad")), 200);
+    assert_eq!(classify(Some("adm1n")), 200, "the admin key reads too");
+    let add = |key: &str| {
+        let (body, ct) = multipart(&[("images", Some("a.jpg"), &jpeg), ("ids", None, b"k")]);
+        let auth = with(key);
+        s.call(
+            "POST",
+            "/v1/gallery",
+            &[("Content-Type", &ct), ("Authorization", &auth)],
+            &body,
+        )
+    };
+    let r = add("r3ad");
+    assert_eq!((r.status, error_code(&r)), (403, "forbidden".to_string()));
+    assert_eq!(add("adm1n").status, 201);
+    let metrics = |key: &str| {
+        let auth = with(key);
+        s.call("GET", "/metrics", &[("Authorization", &auth)], &[])
+            .status
+    };
+    assert_eq!((metrics("r3ad"), metrics("adm1n")), (403, 200));
+    let counts = s.call(
+        "GET",
+        "/v1/gallery",
+        &[("Authorization", "Bearer r3ad")],
+        &[],
+    );
+    assert_eq!(counts.status, 200, "gallery counts are a read");
+    for public in ["/healthz", "/readyz", "/openapi.json", "/"] {
+        assert_eq!(s.call("GET", public, &[], &[]).status, 200, "{public}");
+    }
+}
