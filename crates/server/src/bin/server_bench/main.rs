@@ -19,6 +19,7 @@ mod bare;
 mod host;
 mod images;
 mod server;
+mod soak;
 
 use anyhow::{bail, Result};
 use bare::{bare_threads, BareSession};
@@ -73,6 +74,16 @@ struct Cli {
     /// within this largest absolute difference (e.g. 1e-3); fails when they do not.
     #[arg(long)]
     parity: Option<f32>,
+    /// Instead of the benchmark, a soak of this many seconds: mixed routes with 5%
+    /// malformed requests, slow connections, readiness and memory watched.
+    #[arg(long)]
+    soak: Option<u64>,
+    /// Soak: concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    soak_clients: usize,
+    /// Soak: connections that send one byte a second.
+    #[arg(long, default_value_t = 100)]
+    slow: usize,
 }
 
 fn main() -> Result<()> {
@@ -98,6 +109,25 @@ fn main() -> Result<()> {
     }
     if let Some(tolerance) = cli.parity {
         return host::parity(&cfg, &jpegs, tolerance);
+    }
+    if let Some(seconds) = cli.soak {
+        let gallery = tempfile::tempdir()?;
+        let mut server =
+            ServerProcess::start(&cfg, cli.config.as_deref(), gallery.path(), &cli.server_log)?;
+        println!(
+            "soak: {seconds} s, {} clients, {} slow connections, {} request images from {source}",
+            cli.soak_clients,
+            cli.slow,
+            jpegs.len()
+        );
+        let soak = soak::Soak {
+            seconds,
+            clients: cli.soak_clients,
+            slow: cli.slow,
+        };
+        let result = soak.run(&server, &Arc::new(jpegs));
+        server.stop();
+        return result;
     }
     let bare_batch = cli.bare_batch.unwrap_or(cfg.batching.max_batch);
     let bare = BareSession::new(&cfg, &jpegs, bare_batch)?;

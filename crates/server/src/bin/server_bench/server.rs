@@ -59,6 +59,18 @@ impl ServerProcess {
         bail!("the server did not become ready within 60 s")
     }
 
+    /// The server's resident memory (VmRSS) in MiB.
+    pub fn resident_mib(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS for the server process"))?;
+        Ok(kb / 1024.0)
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
