@@ -1,7 +1,7 @@
 # The two commands of the README: `make serve` (set up, build and start the server on the
 # default model) and `make test` (set up, build, run all tests). Everything native is
 # installed into the project folder by setup.
-.PHONY: serve setup setup-runtime build test test-server lint bench-train bench-server bench-reference clean
+.PHONY: serve setup setup-runtime build test test-server lint fuzz soak bench-train bench-server bench-reference clean
 
 CARGO ?= cargo
 DATA ?= ../shared/data/stanford-dogs
@@ -54,3 +54,16 @@ bench-reference:
 
 clean:
 	$(CARGO) clean
+
+# Fuzzing: every libFuzzer target for FUZZ_SECONDS each (scripts/fuzz.sh builds cargo-fuzz
+# into .tools/ the first time).
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# A soak on loopback: 64 clients on mixed routes with 5% malformed requests, 100 slow
+# connections, readiness and resident memory watched (server-bench --soak).
+SOAK_SECONDS ?= 600
+soak: setup-runtime
+	$(CARGO) build --release -p simsiam-server --bin server --bin server-bench
+	./target/release/server-bench --model $(MODEL) --images $(BENCH_IMAGES) --soak $(SOAK_SECONDS)
