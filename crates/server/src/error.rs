@@ -5,7 +5,9 @@
 //! `From` below, and [`ApiError`] gets its status in `status_code`. Neither match has a
 //! catch-all arm, on purpose: adding a variant does not compile until someone decides
 //! what it means for the client. Bodies are always
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! `{"error": {"code": "...", "message": "...", "type": "...", "param": ...}}`: `code` and
+//! `message` are this API's, `type` and `param` (the parameter at fault, or null) are the
+//! fields OpenAI's clients read, so both kinds of client understand every error.
 
 use crate::gallery::GalleryError;
 use crate::pipeline::EmbedError;
@@ -35,6 +37,17 @@ pub enum ApiError {
     /// Well-formed but unusable: out-of-range `k`, wrong vector length, no images.
     #[error("{0}")]
     Unprocessable(String),
+    /// A parameter with a value that cannot be used, named.
+    #[error("`{param}`: {message}")]
+    InvalidParam {
+        param: &'static str,
+        message: String,
+    },
+    /// `/v1/embeddings` asked for a model this server does not serve.
+    #[error(
+        "model {0:?} is not served here; GET /v1/models lists the one that is (or say \"default\")"
+    )]
+    ModelNotFound(String),
     /// The inference queue is full; the client should retry after a moment.
     #[error("the server is at capacity ({queued} images queued); retry shortly")]
     Overloaded { queued: usize },
@@ -98,6 +111,11 @@ struct Body<'a> {
 struct Detail<'a> {
     code: &'a str,
     message: String,
+    /// OpenAI's error class.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// The request parameter at fault, when there is one.
+    param: Option<&'a str>,
 }
 
 impl ApiError {
@@ -112,10 +130,34 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::InvalidParam { .. } => "invalid_parameter",
+            ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ApiError {
+    /// OpenAI's class of the error, from its status.
+    pub fn kind(&self) -> &'static str {
+        match self.status_code().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 if !matches!(self, ApiError::ModelNotFound(_)) => "not_found_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    /// The parameter at fault, when the error names one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::InvalidParam { param, .. } => Some(param),
+            ApiError::ModelNotFound(_) => Some("model"),
+            _ => None,
         }
     }
 }
@@ -129,7 +171,10 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unprocessable(_) | ApiError::InvalidParam { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Overloaded { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -150,6 +195,8 @@ impl ResponseError for ApiError {
             error: Detail {
                 code: self.code(),
                 message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
             },
         })
     }
@@ -169,6 +216,24 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["error"]["code"], "overloaded");
         assert!(v["error"]["message"].as_str().unwrap().contains("7 images"));
+        assert_eq!(v["error"]["type"], "server_error");
+        assert!(v["error"]["param"].is_null());
+        let res = ApiError::ModelNotFound("gpt-4".into()).error_response();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let body = to_bytes(res.into_body()).await.expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            (
+                &v["error"]["code"],
+                &v["error"]["type"],
+                &v["error"]["param"]
+            ),
+            (
+                &serde_json::json!("model_not_found"),
+                &serde_json::json!("invalid_request_error"),
+                &serde_json::json!("model")
+            )
+        );
     }
 
     #[test]
@@ -188,6 +253,14 @@ mod tests {
             (ApiError::TooLarge("x".into()), 413),
             (ApiError::UnsupportedMediaType("text/plain".into()), 415),
             (ApiError::Unprocessable("x".into()), 422),
+            (
+                ApiError::InvalidParam {
+                    param: "encoding_format",
+                    message: "x".into(),
+                },
+                422,
+            ),
+            (ApiError::ModelNotFound("x".into()), 404),
             (ApiError::Overloaded { queued: 1 }, 503),
             (ApiError::Timeout(1), 504),
             (ApiError::Internal("x".into()), 500),

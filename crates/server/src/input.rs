@@ -164,7 +164,7 @@ fn read_json(bytes: &[u8]) -> Result<Input, ApiError> {
 }
 
 /// Standard base64, with or without padding, optionally as a `data:` URL.
-fn decode_base64(s: &str, index: usize) -> Result<Vec<u8>, ApiError> {
+pub fn decode_base64(s: &str, index: usize) -> Result<Vec<u8>, ApiError> {
     let data = match s.split_once(";base64,") {
         Some((prefix, rest)) if prefix.starts_with("data:") => rest,
         _ => s,

@@ -2,6 +2,7 @@
 
 pub mod classify;
 pub mod embed;
+pub mod embeddings;
 pub mod gallery;
 pub mod ops;
 pub mod search;
@@ -18,6 +19,7 @@ pub type State = web::Data<AppState>;
 /// All routes of the API.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     embed::configure(cfg);
+    embeddings::configure(cfg);
     search::configure(cfg);
     classify::configure(cfg);
     gallery::configure(cfg);

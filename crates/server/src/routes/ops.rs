@@ -106,3 +106,33 @@ async fn page() -> HttpResponse {
         .content_type("text/html; charset=utf-8")
         .body(PAGE)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` of the OpenAPI document points at something it defines.
+    #[test]
+    fn every_reference_of_the_openapi_document_resolves() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        let mut refs = Vec::new();
+        let mut todo = vec![&doc];
+        while let Some(v) = todo.pop() {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(serde_json::Value::String(r)) = m.get("$ref") {
+                        refs.push(r.clone());
+                    }
+                    todo.extend(m.values());
+                }
+                serde_json::Value::Array(a) => todo.extend(a),
+                _ => {}
+            }
+        }
+        assert!(refs.len() > 20, "{refs:?}");
+        for r in refs {
+            let pointer = r.strip_prefix('#').expect("a local reference");
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+    }
+}

@@ -66,6 +66,7 @@ fn every_route_answers_and_embeddings_match_a_bare_session() {
         "/readyz",
         "/v1/classify",
         "/v1/embed",
+        "/v1/embeddings",
         "/v1/gallery",
         "/v1/gallery/{id}",
         "/v1/models",
@@ -337,4 +338,118 @@ fn clients_work_against_a_real_server() {
     // A server error reaches the caller as its code and message.
     let (ok_, _, stderr) = py(&["delete", "py/rex"]);
     assert!(!ok_ && stderr.contains("404 not_found"), "{stderr}");
+}
+
+#[test]
+fn the_openai_embeddings_route_gives_the_same_vectors_in_both_encodings() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = Server::start(&dir.path().join("gallery"), &[]);
+    let jpeg: Vec<Vec<u8>> = ["class_0/3.jpg", "class_2/9.jpg"]
+        .iter()
+        .map(|f| image_bytes(f))
+        .collect();
+    let b64: Vec<String> = jpeg
+        .iter()
+        .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+        .collect();
+    let reference = vectors(&s.json("POST", "/v1/embed", &json!({ "images": b64 })));
+    let input = json!([format!("data:image/jpeg;base64,{}", b64[0]), b64[1]]);
+    let float = s.json(
+        "POST",
+        "/v1/embeddings",
+        &json!({"model": "default", "input": input, "encoding_format": "float"}),
+    );
+    assert_eq!(float.status, 200, "{}", float.text());
+    let v = float.json();
+    assert_eq!(
+        (v["object"].as_str(), v["model"].as_str()),
+        (Some("list"), Some("fixture@0.0.0"))
+    );
+    assert_eq!(v["usage"]["total_tokens"], 0);
+    let as_floats: Vec<Vec<f32>> = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(
+                (d["object"].as_str(), d["index"].as_u64()),
+                (Some("embedding"), Some(i as u64))
+            );
+            serde_json::from_value(d["embedding"].clone()).expect("floats")
+        })
+        .collect();
+    let base64 = s.json(
+        "POST",
+        "/v1/embeddings",
+        &json!({"model": "fixture", "input": input, "encoding_format": "base64", "user": "u1"}),
+    );
+    assert_eq!(base64.status, 200, "{}", base64.text());
+    let as_base64: Vec<Vec<f32>> = base64.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|d| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(d["embedding"].as_str().expect("a string"))
+                .expect("base64");
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+        .collect();
+    for got in [&as_floats, &as_base64] {
+        for (a, b) in got.iter().zip(&reference) {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst <= 1e-6, "{worst}");
+        }
+    }
+    // Errors keep this API's code and message and carry OpenAI's type and param.
+    for (body, status, code, param) in [
+        (
+            json!({"model": "gpt-4", "input": b64[0]}),
+            404,
+            "model_not_found",
+            json!("model"),
+        ),
+        (
+            json!({"model": "default", "input": b64[0], "encoding_format": "int8"}),
+            422,
+            "invalid_parameter",
+            json!("encoding_format"),
+        ),
+        (
+            json!({"model": "default", "input": [3]}),
+            422,
+            "invalid_parameter",
+            json!("input"),
+        ),
+        (
+            json!({"model": "default", "input": "a dog"}),
+            400,
+            "bad_request",
+            json!(null),
+        ),
+    ] {
+        let r = s.json("POST", "/v1/embeddings", &body);
+        let e = &r.json()["error"];
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (status, code.to_string()),
+            "{}",
+            r.text()
+        );
+        assert_eq!(e["param"], param, "{}", r.text());
+        assert_eq!(e["type"], "invalid_request_error", "{}", r.text());
+    }
+    let metrics = s.call("GET", "/metrics", &[], &[]).text();
+    assert!(
+        metrics.contains("simsiam_http_requests_total{route=\"/v1/embeddings\",status=\"200\"} 2"),
+        "{metrics}"
+    );
 }

@@ -1,0 +1,211 @@
+//! `POST /v1/embeddings`: OpenAI's embeddings API, for images.
+//!
+//! So that the official `openai` clients work unchanged: `model` is this server's model
+//! (its name, its id `name@version`, or `default`); `input` is one string or a list, each a
+//! `data:image/...;base64,` URI or bare base64; `encoding_format` is `float` or `base64`
+//! (little-endian f32 bytes, base64-encoded; the Python client asks for it when the caller
+//! does not choose). The answer has OpenAI's shape. Requests go through the same batching,
+//! limits and metrics as `/v1/embed`, and errors carry OpenAI's `type` and `param`.
+
+use super::{within_timeout, State};
+use crate::error::ApiError;
+use crate::input;
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/v1/embeddings").route(web::post().to(embeddings)));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    /// Accepted, as OpenAI accepts it, and not used.
+    #[serde(default, rename = "user")]
+    _user: Option<String>,
+    /// Only the model's own width is possible.
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Embedding {
+    object: &'static str,
+    index: usize,
+    embedding: Value,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+#[derive(Serialize)]
+struct Response {
+    object: &'static str,
+    data: Vec<Embedding>,
+    model: String,
+    usage: Usage,
+}
+
+/// How the vectors are written.
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Float,
+    Base64,
+}
+
+async fn embeddings(
+    state: State,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    within_timeout(&state, async {
+        let ticket = state.ticket();
+        let input = input::read(&req, body, &state.cfg.limits).await?;
+        let request: Request = input.params()?;
+        check_model(&request.model, &state)?;
+        let format = format(request.encoding_format.as_deref())?;
+        let dim = state.batcher.dim();
+        if request.dimensions.is_some_and(|d| d != dim) {
+            return Err(ApiError::InvalidParam {
+                param: "dimensions",
+                message: format!("this model's embeddings have {dim} dimensions"),
+            });
+        }
+        let images = images(request.input, state.cfg.limits.max_images)?;
+        let flat = state.embed(images, ticket).await?;
+        let data = flat
+            .chunks(dim)
+            .enumerate()
+            .map(|(index, v)| Embedding {
+                object: "embedding",
+                index,
+                embedding: encode(v, format),
+            })
+            .collect();
+        Ok(HttpResponse::Ok().json(Response {
+            object: "list",
+            data,
+            model: state.model_id.clone(),
+            usage: Usage {
+                prompt_tokens: 0,
+                total_tokens: 0,
+            },
+        }))
+    })
+    .await
+}
+
+fn check_model(model: &str, state: &State) -> Result<(), ApiError> {
+    if model == "default" || model == state.manifest.name || model == state.model_id {
+        Ok(())
+    } else {
+        Err(ApiError::ModelNotFound(model.to_string()))
+    }
+}
+
+fn format(name: Option<&str>) -> Result<Format, ApiError> {
+    match name {
+        None | Some("float") => Ok(Format::Float),
+        Some("base64") => Ok(Format::Base64),
+        Some(other) => Err(ApiError::InvalidParam {
+            param: "encoding_format",
+            message: format!("{other:?} is not one of \"float\", \"base64\""),
+        }),
+    }
+}
+
+/// The images of `input`: one string or a list of strings, each base64 or a data URI.
+fn images(input: Value, max: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+    let items = match input {
+        Value::String(s) => vec![s],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(not_images()),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(not_images()),
+    };
+    if items.is_empty() {
+        return Err(ApiError::InvalidParam {
+            param: "input",
+            message: "no images".into(),
+        });
+    }
+    if items.len() > max {
+        return Err(ApiError::TooLarge(format!(
+            "{} images in one request; the limit is {max}",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| input::decode_base64(s, i))
+        .collect()
+}
+
+fn not_images() -> ApiError {
+    ApiError::InvalidParam {
+        param: "input",
+        message: "must be a string or a list of strings: images as data URIs or base64 (this server embeds images, not text)".into(),
+    }
+}
+
+fn encode(v: &[f32], format: Format) -> Value {
+    match format {
+        Format::Float => Value::from(v.to_vec()),
+        Format::Base64 => {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_the_little_endian_floats() {
+        let v = [1.0f32, -0.5];
+        let Value::String(s) = encode(&v, Format::Base64) else {
+            panic!("a string")
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .expect("base64");
+        assert_eq!(bytes, [0, 0, 128, 63, 0, 0, 0, 191]);
+        assert_eq!(encode(&v, Format::Float), serde_json::json!([1.0, -0.5]));
+    }
+
+    #[test]
+    fn input_is_one_string_or_a_list_of_strings() {
+        assert_eq!(images(Value::from("aGk="), 4).expect("one").len(), 1);
+        let two = serde_json::json!(["data:image/png;base64,aGk=", "aGk"]);
+        assert_eq!(images(two, 4).expect("two"), vec![b"hi".to_vec(); 2]);
+        for bad in [
+            serde_json::json!([1]),
+            serde_json::json!({}),
+            serde_json::json!([]),
+        ] {
+            let e = images(bad, 4).unwrap_err();
+            assert_eq!(e.param(), Some("input"), "{e}");
+        }
+        assert!(matches!(
+            images(Value::from(vec!["aGk="; 5]), 4),
+            Err(ApiError::TooLarge(_))
+        ));
+        assert!(format(Some("float16")).is_err());
+    }
+}
