@@ -432,7 +432,7 @@ fn the_openai_embeddings_route_gives_the_same_vectors_in_both_encodings() {
         (
             json!({"model": "default", "input": "a dog"}),
             400,
-            "bad_request",
+            "bad_image",
             json!(null),
         ),
     ] {
