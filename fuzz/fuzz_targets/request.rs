@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(payload) = actix_web::web::Payload::from_request(&req, &mut payload).await else {
             return;
         };
-        if let Ok(input) = input::read(&req, payload, &limits).await {
+        if let Ok(input) = input::read(&req, payload, &limits, None).await {
             assert!(input.images.len() <= limits.max_images);
             assert!(input.images.iter().map(Vec::len).sum::<usize>() <= limits.max_body_bytes);
         }

@@ -18,6 +18,7 @@ pub struct ServerConfig {
     pub inference: InferenceConfig,
     pub batching: BatchingConfig,
     pub limits: LimitsConfig,
+    pub inputs: InputsConfig,
     pub gallery: GalleryConfig,
     pub auth: AuthConfig,
     pub cors: CorsConfig,
@@ -227,6 +228,33 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Images given as `http(s)` URLs, fetched by the server (see [`crate::fetch`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputsConfig {
+    /// Off by default: a server that fetches for its clients can be aimed at what only
+    /// it can reach.
+    pub fetch_urls: bool,
+    /// Hosts to fetch from (`images.example.org`, or `*.example.org` for its subdomains);
+    /// redirects to other hosts are refused.
+    pub allowed_hosts: Vec<String>,
+    /// Fetch from loopback, private and link-local addresses too (tests, internal stores).
+    pub allow_private_addresses: bool,
+    /// Seconds one fetch may take, connecting and reading included.
+    pub fetch_timeout_s: u64,
+}
+
+impl Default for InputsConfig {
+    fn default() -> Self {
+        Self {
+            fetch_urls: false,
+            allowed_hosts: Vec::new(),
+            allow_private_addresses: false,
+            fetch_timeout_s: 10,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GalleryConfig {
@@ -346,6 +374,7 @@ impl ServerConfig {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("cors.allowed_origins")
+            .with_list_parse_key("inputs.allowed_hosts")
             .try_parsing(true);
         let mut cfg: ServerConfig = simsiam::config::layered(
             &ServerConfig::default(),
@@ -369,6 +398,15 @@ impl ServerConfig {
         };
         if self.http.host.trim().is_empty() {
             return bad("http.host", "must not be empty");
+        }
+        if self.inputs.fetch_urls && self.inputs.allowed_hosts.is_empty() {
+            return bad(
+                "inputs.allowed_hosts",
+                "must list the hosts to fetch from when inputs.fetch_urls is on",
+            );
+        }
+        if self.inputs.fetch_timeout_s == 0 {
+            return bad("inputs.fetch_timeout_s", "must be at least 1");
         }
         if self.inference.cuda.device_id < 0 {
             return bad("inference.cuda.device_id", "must not be negative");

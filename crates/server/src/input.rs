@@ -8,12 +8,14 @@
 
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
+use crate::fetch::Fetcher;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use base64::Engine;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// Field names that carry images in multipart forms and JSON bodies.
 const IMAGE_FIELDS: [&str; 3] = ["images", "image", "file"];
@@ -22,6 +24,8 @@ const IMAGE_FIELDS: [&str; 3] = ["images", "image", "file"];
 pub struct Input {
     pub images: Vec<Vec<u8>>,
     pub params: Map<String, Value>,
+    /// Images given as URLs: (position in `images`, URL), fetched by [`read`].
+    urls: Vec<(usize, String)>,
 }
 
 impl Input {
@@ -53,11 +57,13 @@ impl Input {
     }
 }
 
-/// Reads the whole request (bounded by `limits.max_body_bytes`).
+/// Reads the whole request (bounded by `limits.max_body_bytes`); images given as URLs are
+/// fetched with `fetcher`, and refused when there is none (fetching is off).
 pub async fn read(
     req: &HttpRequest,
     payload: web::Payload,
     limits: &LimitsConfig,
+    fetcher: Option<&Arc<Fetcher>>,
 ) -> Result<Input, ApiError> {
     let max = limits.max_body_bytes;
     if let Some(len) = req
@@ -101,7 +107,7 @@ pub async fn read(
             };
             Input {
                 images,
-                params: Map::new(),
+                ..Input::default()
             }
         }
         _ => return Err(ApiError::UnsupportedMediaType(content_type)),
@@ -111,7 +117,24 @@ pub async fn read(
         input.params.entry(k).or_insert(v);
     }
     input.check_count(limits)?;
+    for (index, url) in std::mem::take(&mut input.urls) {
+        input.images[index] = fetch(fetcher, url, index).await?;
+    }
     Ok(input)
+}
+
+/// The image at `url`, fetched on the blocking pool.
+pub async fn fetch(
+    fetcher: Option<&Arc<Fetcher>>,
+    url: String,
+    index: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let Some(fetcher) = fetcher.cloned() else {
+        return Err(ApiError::BadRequest(format!(
+            "image {index}: {url} is a URL, and fetching images is off (inputs.fetch_urls)"
+        )));
+    };
+    web::block(move || fetcher.fetch(&url, index)).await?
 }
 
 fn too_big(max: usize) -> ApiError {
@@ -138,29 +161,46 @@ fn read_json(bytes: &[u8]) -> Result<Input, ApiError> {
             "the JSON body must be an object".into(),
         ));
     };
-    let mut images = Vec::new();
+    let mut input = Input::default();
     for name in IMAGE_FIELDS {
-        match params.remove(name) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => images.push(decode_base64(&s, images.len())?),
-            Some(Value::Array(items)) => {
-                for item in items {
-                    let Value::String(s) = item else {
-                        return Err(ApiError::BadRequest(format!(
-                            "`{name}` must hold base64 strings"
-                        )));
-                    };
-                    images.push(decode_base64(&s, images.len())?);
-                }
-            }
+        let strings = match params.remove(name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => vec![s],
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s),
+                    _ => Err(ApiError::BadRequest(format!(
+                        "`{name}` must hold base64 strings or URLs"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
             Some(_) => {
                 return Err(ApiError::BadRequest(format!(
-                    "`{name}` must be a base64 string or an array of them"
+                    "`{name}` must be a base64 string, a URL or an array of them"
                 )))
             }
+        };
+        for s in strings {
+            input.push_string(s)?;
         }
     }
-    Ok(Input { images, params })
+    input.params = params;
+    Ok(input)
+}
+
+impl Input {
+    /// An image given as text: a URL (fetched later) or base64.
+    fn push_string(&mut self, s: String) -> Result<(), ApiError> {
+        let index = self.images.len();
+        if crate::fetch::is_url(&s) {
+            self.urls.push((index, s.trim().to_string()));
+            self.images.push(Vec::new());
+        } else {
+            self.images.push(decode_base64(&s, index)?);
+        }
+        Ok(())
+    }
 }
 
 /// Standard base64, with or without padding, optionally as a `data:` URL.
@@ -204,7 +244,12 @@ async fn read_multipart(
             }
             bytes.extend_from_slice(&chunk);
         }
-        if is_file || IMAGE_FIELDS.contains(&name.as_str()) {
+        if !is_file
+            && IMAGE_FIELDS.contains(&name.as_str())
+            && crate::fetch::is_url(&String::from_utf8_lossy(&bytes))
+        {
+            input.push_string(String::from_utf8_lossy(&bytes).into_owned())?;
+        } else if is_file || IMAGE_FIELDS.contains(&name.as_str()) {
             input.images.push(bytes);
         } else {
             let text = String::from_utf8(bytes).map_err(|_| {

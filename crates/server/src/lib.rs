@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod encoder;
 pub mod error;
+pub mod fetch;
 pub mod gallery;
 pub mod health;
 pub mod input;

@@ -10,6 +10,7 @@
 use crate::batcher::{Batcher, Ticket};
 use crate::config::{OnModelChange, ServerConfig};
 use crate::encoder::{ActiveProvider, Encoder, OrtEncoder};
+use crate::fetch::Fetcher;
 use crate::gallery::{Gallery, GalleryError, GraphParams, Item};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
@@ -70,6 +71,8 @@ pub struct AppState {
     /// Breed names (display form) by class index.
     pub breeds: Vec<String>,
     pub gallery: GalleryStore,
+    /// Fetches images given as URLs; `None` when `inputs.fetch_urls` is off.
+    pub fetcher: Option<Arc<Fetcher>>,
     pub health: Arc<Health>,
     /// The canary image's embedding as the model gave it at start-up: what `/readyz`
     /// expects when it sends the canary again.
@@ -124,6 +127,7 @@ impl AppState {
             probe,
             breeds,
             gallery,
+            fetcher: Fetcher::new(&cfg.inputs, cfg.limits.max_body_bytes).map(Arc::new),
             health,
             canary,
             metrics,

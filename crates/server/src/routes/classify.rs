@@ -47,7 +47,7 @@ async fn classify(
 ) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
         let ticket = state.ticket();
-        let input = input::read(&req, body, &state.cfg.limits).await?;
+        let input = input::read(&req, body, &state.cfg.limits, state.fetcher.as_ref()).await?;
         input.require_images(&state.cfg.limits)?;
         let p: Params = input.params()?;
         let top_k = check_k("top_k", p.top_k, &state)?.min(state.breeds.len());

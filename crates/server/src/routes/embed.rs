@@ -28,7 +28,7 @@ async fn embed(
 ) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
         let ticket = state.ticket();
-        let input = input::read(&req, body, &state.cfg.limits).await?;
+        let input = input::read(&req, body, &state.cfg.limits, state.fetcher.as_ref()).await?;
         input.require_images(&state.cfg.limits)?;
         let _: Params = input.params()?;
         let dim = state.batcher.dim();

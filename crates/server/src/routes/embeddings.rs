@@ -69,7 +69,7 @@ async fn embeddings(
 ) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
         let ticket = state.ticket();
-        let input = input::read(&req, body, &state.cfg.limits).await?;
+        let input = input::read(&req, body, &state.cfg.limits, state.fetcher.as_ref()).await?;
         let request: Request = input.params()?;
         check_model(&request.model, &state)?;
         let format = format(request.encoding_format.as_deref())?;
@@ -80,7 +80,17 @@ async fn embeddings(
                 message: format!("this model's embeddings have {dim} dimensions"),
             });
         }
-        let images = images(request.input, state.cfg.limits.max_images)?;
+        let mut images = Vec::new();
+        for (index, s) in strings(request.input, state.cfg.limits.max_images)?
+            .into_iter()
+            .enumerate()
+        {
+            images.push(if crate::fetch::is_url(&s) {
+                input::fetch(state.fetcher.as_ref(), s, index).await?
+            } else {
+                input::decode_base64(&s, index)?
+            });
+        }
         let flat = state.embed(images, ticket).await?;
         let data = flat
             .chunks(dim)
@@ -123,8 +133,9 @@ fn format(name: Option<&str>) -> Result<Format, ApiError> {
     }
 }
 
-/// The images of `input`: one string or a list of strings, each base64 or a data URI.
-fn images(input: Value, max: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+/// The images of `input`: one string or a list of strings, each base64, a data URI or
+/// (when fetching is on) a URL.
+fn strings(input: Value, max: usize) -> Result<Vec<String>, ApiError> {
     let items = match input {
         Value::String(s) => vec![s],
         Value::Array(items) => items
@@ -148,11 +159,7 @@ fn images(input: Value, max: usize) -> Result<Vec<Vec<u8>>, ApiError> {
             items.len()
         )));
     }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, s)| input::decode_base64(s, i))
-        .collect()
+    Ok(items)
 }
 
 fn not_images() -> ApiError {
@@ -191,19 +198,19 @@ mod tests {
 
     #[test]
     fn input_is_one_string_or_a_list_of_strings() {
-        assert_eq!(images(Value::from("aGk="), 4).expect("one").len(), 1);
+        assert_eq!(strings(Value::from("aGk="), 4).expect("one").len(), 1);
         let two = serde_json::json!(["data:image/png;base64,aGk=", "aGk"]);
-        assert_eq!(images(two, 4).expect("two"), vec![b"hi".to_vec(); 2]);
+        assert_eq!(strings(two, 4).expect("two").len(), 2);
         for bad in [
             serde_json::json!([1]),
             serde_json::json!({}),
             serde_json::json!([]),
         ] {
-            let e = images(bad, 4).unwrap_err();
+            let e = strings(bad, 4).unwrap_err();
             assert_eq!(e.param(), Some("input"), "{e}");
         }
         assert!(matches!(
-            images(Value::from(vec!["aGk="; 5]), 4),
+            strings(Value::from(vec!["aGk="; 5]), 4),
             Err(ApiError::TooLarge(_))
         ));
         assert!(format(Some("float16")).is_err());

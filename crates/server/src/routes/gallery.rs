@@ -53,7 +53,7 @@ struct Added {
 async fn add(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
         let ticket = state.ticket();
-        let input = input::read(&req, body, &state.cfg.limits).await?;
+        let input = input::read(&req, body, &state.cfg.limits, state.fetcher.as_ref()).await?;
         input.require_images(&state.cfg.limits)?;
         let p: Params = input.params()?;
         let items = items(p, input.images.len())?;

@@ -46,7 +46,7 @@ async fn search(
 ) -> Result<HttpResponse, ApiError> {
     within_timeout(&state, async {
         let ticket = state.ticket();
-        let input = input::read(&req, body, &state.cfg.limits).await?;
+        let input = input::read(&req, body, &state.cfg.limits, state.fetcher.as_ref()).await?;
         let p: Params = input.params()?;
         let k = check_k("k", p.k, &state)?;
         let dim = state.batcher.dim();

@@ -453,3 +453,96 @@ fn the_openai_embeddings_route_gives_the_same_vectors_in_both_encodings() {
         "{metrics}"
     );
 }
+
+/// A file server on a loopback port for the URL tests: `/dog.jpg`, `/big` (claims 1 GB),
+/// `/to-localhost` (a redirect to another host name), anything else 404.
+fn file_server(jpeg: Vec<u8>) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).map_or(true, |n| n == 0) || h == "\r\n" {
+                    break;
+                }
+            }
+            let mut out = stream;
+            let _ = match path.as_str() {
+                "/dog.jpg" => out
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", jpeg.len()).as_bytes())
+                    .and_then(|_| out.write_all(&jpeg)),
+                "/big" => out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\nxxxx"),
+                "/to-localhost" => out.write_all(format!("HTTP/1.1 302 Found\r\nLocation: http://localhost:{port}/dog.jpg\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()),
+                _ => out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            };
+        }
+    });
+    port
+}
+
+#[test]
+fn images_given_as_urls_are_fetched_only_when_allowed() {
+    let jpeg = image_bytes("class_2/3.jpg");
+    let port = file_server(jpeg.clone());
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let dir = tempfile::tempdir().expect("tmp");
+    let embed_url = |s: &Server, u: String| s.json("POST", "/v1/embed", &json!({ "images": [u] }));
+
+    // Off by default.
+    let off = Server::start(&dir.path().join("g1"), &[]);
+    let r = embed_url(&off, url("/dog.jpg"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("fetching images is off"), "{}", r.text());
+    drop(off);
+
+    // On, but loopback addresses are refused unless allowed.
+    let on = [
+        ("SIMSIAM_SERVER_INPUTS__FETCH_URLS", "true"),
+        ("SIMSIAM_SERVER_INPUTS__ALLOWED_HOSTS", "127.0.0.1"),
+    ];
+    let s = Server::start(&dir.path().join("g2"), &on);
+    let r = embed_url(&s, url("/dog.jpg"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("loopback, private or link-local"),
+        "{}",
+        r.text()
+    );
+    drop(s);
+
+    let mut open = on.to_vec();
+    open.push(("SIMSIAM_SERVER_INPUTS__ALLOW_PRIVATE_ADDRESSES", "true"));
+    let s = Server::start(&dir.path().join("g3"), &open);
+    let fetched = vectors(&embed_url(&s, url("/dog.jpg")));
+    let sent = vectors(&s.raw("/v1/embed", &jpeg));
+    assert_eq!(fetched, sent, "the fetched image is the image");
+    let r = s.json(
+        "POST",
+        "/v1/embeddings",
+        &json!({"model": "default", "input": url("/dog.jpg")}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for (path, status, says) in [
+        (
+            "/to-localhost",
+            400,
+            "host localhost is not in inputs.allowed_hosts",
+        ),
+        ("/big", 413, "larger than"),
+        ("/missing", 400, "answered 404"),
+    ] {
+        let r = embed_url(&s, url(path));
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(
+            r.text().contains(says) && r.text().contains(path),
+            "{path}: {}",
+            r.text()
+        );
+    }
+}
