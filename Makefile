@@ -1,7 +1,7 @@
 # The two commands of the README: `make serve` (set up, build and start the server on the
 # default model) and `make test` (set up, build, run all tests). Everything native is
 # installed into the project folder by setup.
-.PHONY: serve setup setup-runtime build test test-server lint fuzz soak bench-train bench-server bench-reference clean
+.PHONY: serve setup setup-runtime setup-clients build test test-clients test-server lint fuzz soak bench-train bench-server bench-reference clean
 
 CARGO ?= cargo
 DATA ?= ../shared/data/stanford-dogs
@@ -23,12 +23,21 @@ setup:
 setup-runtime:
 	@bash scripts/setup.sh runtime
 
+# The client suites' pieces: the Python SDK, npm packages, Debian's chromium.
+setup-clients: setup
+	@bash scripts/setup-clients.sh
+
 build: setup
 	$(CARGO) build --release --workspace
 
-# Every crate's unit, integration and doc tests.
-test: setup
+# Every crate's unit, integration and doc tests, then the clients against real servers.
+test: setup setup-clients
 	$(CARGO) test --release --workspace
+	bash scripts/test-clients.sh
+
+# The Python and TypeScript SDK suites and the browser test alone.
+test-clients: setup-clients
+	bash scripts/test-clients.sh
 
 # The server crate's tests alone: they need ONNX Runtime but no libtorch.
 test-server: setup-runtime

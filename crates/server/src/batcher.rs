@@ -23,7 +23,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-type Reply = oneshot::Sender<Result<Vec<f32>, EmbedError>>;
+type Reply = oneshot::Sender<Result<Served, EmbedError>>;
+
+/// A job's rows, with how long it waited for its run and how long that run took.
+struct Served {
+    rows: Vec<f32>,
+    queue: Duration,
+    inference: Duration,
+}
 
 /// How long a run waits, at least, before concluding that nothing more is on its way: the
 /// time the clients of the run just answered need to send their next requests.
@@ -48,6 +55,7 @@ struct Job {
     images: Vec<f32>,
     n: usize,
     reply: Reply,
+    queued: Instant,
 }
 
 pub struct Batcher {
@@ -132,7 +140,13 @@ impl Batcher {
             return Err(EmbedError::Overloaded { queued: before });
         }
         let (reply, answer) = oneshot::channel();
-        match tx.try_send(Job { images, n, reply }) {
+        let job = Job {
+            images,
+            n,
+            reply,
+            queued: Instant::now(),
+        };
+        match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.metrics.queue_depth.fetch_sub(n, Ordering::SeqCst);
@@ -143,9 +157,14 @@ impl Batcher {
                 return Err(EmbedError::ShuttingDown);
             }
         }
-        answer
-            .await
-            .map_err(|_| EmbedError::WorkerLost("an inference thread stopped mid-request".into()))?
+        let served = answer.await.map_err(|_| {
+            EmbedError::WorkerLost("an inference thread stopped mid-request".into())
+        })??;
+        crate::timing::add(|t| {
+            t.queue += served.queue;
+            t.inference += served.inference;
+        });
+        Ok(served.rows)
     }
 
     /// Stops accepting work, lets the threads finish what is queued, and joins them.
@@ -249,6 +268,7 @@ impl Run<'_> {
     /// job. A run fails as a whole when the model errs or returns anything but finite unit
     /// vectors; either way [`Health`] learns the outcome.
     fn batch(&self, encoder: &mut dyn Encoder, jobs: Vec<Job>, total: usize) {
+        let started = Instant::now();
         let per_image = jobs[0].images.len() / jobs[0].n.max(1);
         let dim = encoder.dim();
         let mut input = Vec::with_capacity(total * per_image);
@@ -286,11 +306,16 @@ impl Run<'_> {
             }
             None => self.health.run_succeeded(),
         }
+        let inference = started.elapsed();
         let mut offset = 0;
         for job in jobs {
             let result = match &failure {
                 Some(message) => Err(EmbedError::Model(message.clone())),
-                None => Ok(output[offset * dim..(offset + job.n) * dim].to_vec()),
+                None => Ok(Served {
+                    rows: output[offset * dim..(offset + job.n) * dim].to_vec(),
+                    queue: started.saturating_duration_since(job.queued),
+                    inference,
+                }),
             };
             offset += job.n;
             // The requester may have gone (timeout, disconnect): nothing to do then.

@@ -32,6 +32,7 @@ pub mod priority;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod timing;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -143,6 +144,12 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
     let mut c = actix_cors::Cors::default()
         .allow_any_method()
         .allow_any_header()
+        .expose_headers([
+            "x-preprocess-time",
+            "x-queue-time",
+            "x-inference-time",
+            "x-total-time",
+        ])
         .max_age(3600);
     if origins.iter().any(|o| o == "*") {
         c = c.allow_any_origin();
@@ -221,8 +228,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Request counts and latency per route and status; gives error responses produced by
-/// actix itself (405, payload errors) the JSON error body every other error has.
+/// Request counts and latency per route and status, the [`timing`] headers; gives error
+/// responses produced by actix itself (405, payload errors) the JSON error body every
+/// other error has.
 async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -230,8 +238,14 @@ async fn observe(
     let start = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let res = next.call(req).await?;
-    let res = res.map_into_boxed_body();
+    let (res, timings) = timing::scope(next.call(req)).await;
+    let mut res = res?.map_into_boxed_body();
+    for (name, value) in timings.headers(start.elapsed()) {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            res.headers_mut()
+                .insert(header::HeaderName::from_static(name), value);
+        }
+    }
     let status = res.status();
     let res = if (status.is_client_error() || status.is_server_error())
         && !res

@@ -153,11 +153,13 @@ impl AppState {
         let max_pixels = self.cfg.limits.max_pixels;
         let metrics = self.metrics.clone();
         let priority = self.cfg.http.request_priority;
+        let t = std::time::Instant::now();
         let tensors = actix_web::web::block(move || {
             crate::priority::lower_this_thread(priority);
             preprocess(&images, &transform, max_pixels, &metrics)
         })
         .await??;
+        crate::timing::add(|timings| timings.preprocess += t.elapsed());
         self.batcher.embed(tensors, n, ticket).await
     }
 }

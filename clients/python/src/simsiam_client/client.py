@@ -238,16 +238,20 @@ class Client(_Base):
         sources: Optional[Sequence[str]] = None,
         metadata: Any = None,
     ) -> models.Added:
-        return models.Added(**self._send(_Requests.add(images, ids, breeds, sources, metadata)))
+        return models.of(models.Added, self._send(_Requests.add(images, ids, breeds, sources, metadata)))
 
     def delete(self, id: str) -> models.Deleted:
-        return models.Deleted(**self._send(_Requests.delete(id)))
+        return models.of(models.Deleted, self._send(_Requests.delete(id)))
 
     def gallery(self) -> models.GalleryCounts:
-        return models.GalleryCounts(**self._send(Call("GET", "/v1/gallery")))
+        return models.of(models.GalleryCounts, self._send(Call("GET", "/v1/gallery")))
 
     def models(self) -> List[models.Model]:
         return models.models(self._send(Call("GET", "/v1/models")))
+
+    def info(self) -> models.Info:
+        """The models and the limits a request must stay within."""
+        return models.info(self._send(Call("GET", "/v1/models")))
 
     def embeddings(self, input: Any, model: str = "default", encoding_format: str = "float") -> Dict[str, Any]:
         """The OpenAI-compatible route, as its raw JSON answer."""
@@ -320,16 +324,20 @@ class AsyncClient(_Base):
         sources: Optional[Sequence[str]] = None,
         metadata: Any = None,
     ) -> models.Added:
-        return models.Added(**await self._send(_Requests.add(images, ids, breeds, sources, metadata)))
+        return models.of(models.Added, await self._send(_Requests.add(images, ids, breeds, sources, metadata)))
 
     async def delete(self, id: str) -> models.Deleted:
-        return models.Deleted(**await self._send(_Requests.delete(id)))
+        return models.of(models.Deleted, await self._send(_Requests.delete(id)))
 
     async def gallery(self) -> models.GalleryCounts:
-        return models.GalleryCounts(**await self._send(Call("GET", "/v1/gallery")))
+        return models.of(models.GalleryCounts, await self._send(Call("GET", "/v1/gallery")))
 
     async def models(self) -> List[models.Model]:
         return models.models(await self._send(Call("GET", "/v1/models")))
+
+    async def info(self) -> models.Info:
+        """The models and the limits a request must stay within."""
+        return models.info(await self._send(Call("GET", "/v1/models")))
 
     async def embeddings(self, input: Any, model: str = "default", encoding_format: str = "float") -> Dict[str, Any]:
         return await self._send(_Requests.embeddings(input, model, encoding_format))

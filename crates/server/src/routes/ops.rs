@@ -24,14 +24,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub const OPENAPI: &str = include_str!("../openapi.json");
 const PAGE: &str = include_str!("../page.html");
 
+/// The model, and what a client needs to size its requests (as TEI's `/info`).
 async fn models(state: State) -> HttpResponse {
+    let (limits, batching) = (&state.cfg.limits, &state.cfg.batching);
     HttpResponse::Ok().json(json!({
         "models": [{
             "id": state.model_id,
             "provider": state.provider,
+            "dim": state.batcher.dim(),
             "breeds": state.breeds,
             "manifest": state.manifest,
-        }]
+        }],
+        "limits": {
+            "max_images": limits.max_images,
+            "max_body_bytes": limits.max_body_bytes,
+            "max_pixels": limits.max_pixels,
+            "max_k": limits.max_k,
+            "request_timeout_s": limits.request_timeout_s,
+            "fetch_urls": state.cfg.inputs.fetch_urls,
+        },
+        "batching": {
+            "max_batch": batching.max_batch,
+            "max_wait_ms": batching.max_wait_ms,
+            "queue_capacity": batching.queue_capacity,
+        },
     }))
 }
 

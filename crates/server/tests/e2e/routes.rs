@@ -41,6 +41,10 @@ fn every_route_answers_and_embeddings_match_a_bare_session() {
         .unwrap_or_default()
         .to_string();
     assert!(provider == "cpu" || provider == "cuda", "{provider}");
+    // What a client sizes its requests by, from the configuration in force.
+    assert_eq!(models["limits"]["max_images"], 32);
+    assert_eq!(models["limits"]["max_k"], 100);
+    assert_eq!(models["batching"]["max_batch"], 32);
     let says = format!("session(s) on {}", provider.to_uppercase());
     assert!(
         s.log_text().contains(&says),
@@ -95,7 +99,21 @@ fn every_route_answers_and_embeddings_match_a_bare_session() {
     // ONNX Runtime session computes from the core's decoding and preprocessing.
     let files = ["class_0/0.jpg", "class_1/5.jpg", "class_2/11.jpg"];
     let jpeg: Vec<Vec<u8>> = files.iter().map(|f| image_bytes(f)).collect();
-    let raw = vectors(&s.raw("/v1/embed", &jpeg[0]));
+    let answer = s.raw("/v1/embed", &jpeg[0]);
+    // Every answer says where its time went; an embedding spent some in each stage.
+    let ms = |r: &Response, h: &str| -> f64 {
+        r.header(h)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{h} missing or not a number: {:?}", r.headers))
+    };
+    for h in ["x-preprocess-time", "x-inference-time", "x-total-time"] {
+        assert!(ms(&answer, h) > 0.0, "{h}");
+    }
+    assert!(ms(&answer, "x-queue-time") >= 0.0);
+    assert!(ms(&answer, "x-total-time") >= ms(&answer, "x-inference-time"));
+    let listed = s.call("GET", "/v1/gallery", &[], &[]);
+    assert_eq!(ms(&listed, "x-inference-time"), 0.0, "no model run");
+    let raw = vectors(&answer);
     let form = vectors(&s.form(
         "/v1/embed",
         &[
@@ -109,6 +127,7 @@ fn every_route_answers_and_embeddings_match_a_bare_session() {
         .collect();
     let js = vectors(&s.json("POST", "/v1/embed", &json!({ "images": b64 })));
     assert_eq!(js.len(), 3);
+    assert_eq!(models["models"][0]["dim"], js[0].len());
     assert_eq!(raw[0], form[0]);
     assert_eq!(form[1], js[1]);
     for (served, want) in js.iter().zip(bare_embeddings(&jpeg)) {
