@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-600}
 TARGETS=${TARGETS:-decode request mat voc_xml}
-SHARED=../shared/data
+SHARED=${SHARED_DATA:-../shared/data}
 export RUSTC_BOOTSTRAP=1
 
 if [[ ! -x .tools/bin/cargo-fuzz ]]; then
@@ -23,7 +23,9 @@ seed() {
   mkdir -p "$dir"
   case "$target" in
     decode)
-      ls "$SHARED"/stanford-dogs/Images/*/*.jpg 2>/dev/null | head -n 16 | xargs -r cp -t "$dir"
+      # An array, not `ls | head`: head closing the pipe would fail the script (pipefail).
+      local jpegs=("$SHARED"/stanford-dogs/Images/n02085620-Chihuahua/*.jpg)
+      if [[ -e "${jpegs[0]}" ]]; then cp -t "$dir" "${jpegs[@]:0:16}"; fi
       ;;
     request)
       printf '\x01k=5\n{"images": ["aGVsbG8="], "k": 3}' > "$dir/json"
@@ -33,7 +35,10 @@ seed() {
       cp "$SHARED"/stanford-dogs/lists/*.mat "$dir"/ 2>/dev/null || true
       ;;
     voc_xml)
-      find "$SHARED"/samples/annotation -type f 2>/dev/null | head -n 8 | while read -r f; do cp "$f" "$dir/$(basename "$f").xml"; done
+      local notes=("$SHARED"/samples/annotation/*/*)
+      for f in "${notes[@]:0:8}"; do
+        if [[ -f "$f" ]]; then cp "$f" "$dir/$(basename "$f").xml"; fi
+      done
       printf '<annotation><size><width>10</width><height>8</height></size><object><name>dog</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>5</xmax><ymax>6</ymax></bndbox></object></annotation>' > "$dir/minimal.xml"
       ;;
   esac
