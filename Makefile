@@ -1,7 +1,7 @@
 # The two commands of the README: `make serve` (set up, build and start the server on the
 # default model) and `make test` (set up, build, run all tests). Everything native is
 # installed into the project folder by setup.
-.PHONY: serve setup setup-runtime setup-clients build test test-clients test-server lint fuzz soak bench-train bench-server bench-reference clean
+.PHONY: serve setup setup-runtime setup-clients build test test-clients test-server lint fuzz soak bench-train bench-server bench-gallery bench-reference clean
 
 CARGO ?= cargo
 DATA ?= ../shared/data/stanford-dogs
@@ -39,8 +39,9 @@ test: setup setup-clients
 test-clients: setup-clients
 	bash scripts/test-clients.sh
 
-# The server crate's tests alone: they need ONNX Runtime but no libtorch.
-test-server: setup-runtime
+# The server crate's tests alone: they need ONNX Runtime and pgserver but no libtorch.
+test-server:
+	@bash scripts/setup.sh pgserver
 	$(CARGO) test --release -p simsiam -p simsiam-onnx -p simsiam-server
 
 lint: setup
@@ -55,6 +56,17 @@ bench-train: build
 bench-server: setup-runtime
 	$(CARGO) build --release -p simsiam-server --bin server --bin server-bench
 	./target/release/server-bench --model $(MODEL) --images $(BENCH_IMAGES)
+
+# The embedded gallery (before and after its log) beside PostgreSQL + pgvector, on
+# GALLERY_N synthetic vectors of the default model's width; a throwaway PostgreSQL
+# (pgserver) is started in target/bench-postgres and stopped after.
+GALLERY_N ?= 100000
+bench-gallery: setup
+	$(CARGO) build --release -p simsiam-server --bin gallery-bench
+	rm -rf target/bench-postgres
+	url=$$(.venv/bin/python scripts/throwaway_postgres.py start target/bench-postgres) && \
+	  ./target/release/gallery-bench --n $(GALLERY_N) --postgres-url "$$url"; \
+	  status=$$?; .venv/bin/python scripts/throwaway_postgres.py stop target/bench-postgres; exit $$status
 
 # The plain PyTorch baseline of the same recipe (separate venv, see bench/reference/README.md).
 bench-reference:

@@ -5,7 +5,8 @@
 # cargo fuzz wants a nightly compiler for its sanitizer flags; RUSTC_BOOTSTRAP=1 lets the
 # stable toolchain accept them (the AddressSanitizer runtime ships with it).
 # Seeds come from the shared data when it is there (JPEGs, the MAT lists, annotation
-# samples) and from generated files otherwise; crashes are written to fuzz/artifacts/.
+# samples) and from generated files otherwise; crashes are written to fuzz/artifacts/, and
+# once fixed, kept in fuzz/regressions/<target>/, which run before each target's fuzzing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-600}
@@ -48,6 +49,13 @@ for target in $TARGETS; do
   features=()
   [[ "$target" == mat || "$target" == voc_xml ]] && features=(--features trainer)
   seed "$target"
+  # Inputs that once crashed a target (fuzz/regressions/<target>/) run first, once each.
+  regressions=(fuzz/regressions/"$target"/*)
+  if [[ -e "${regressions[0]}" ]]; then
+    "$FUZZ" run -O "${features[@]}" "$target" "${regressions[@]}" > "fuzz/$target.regressions.log" 2>&1 \
+      || { echo "$target: a regression input fails again (fuzz/$target.regressions.log)"; exit 1; }
+    echo "$target: ${#regressions[@]} regression input(s) pass"
+  fi
   echo "== $target: ${SECONDS_EACH} s"
   log=fuzz/$target.log
   if "$FUZZ" run -O "${features[@]}" "$target" -- -max_total_time="$SECONDS_EACH" \

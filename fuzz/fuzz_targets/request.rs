@@ -37,13 +37,19 @@ fuzz_target!(|data: &[u8]| {
         None => (&b""[..], rest),
     };
     let query = String::from_utf8_lossy(query).replace(['#', ' '], "");
+    // A URI no HTTP parser would accept never reaches a handler (and makes the test
+    // request builder panic, which the first run of this target found).
+    let uri = format!("/v1/embed?{query}");
+    if actix_web::http::Uri::try_from(uri.as_str()).is_err() {
+        return;
+    }
     let limits = LimitsConfig {
         max_body_bytes: 1 << 16,
         max_images: 8,
         ..Default::default()
     };
     let (req, mut payload) = TestRequest::post()
-        .uri(&format!("/v1/embed?{query}"))
+        .uri(&uri)
         .insert_header(("content-type", TYPES[kind as usize % TYPES.len()]))
         .set_payload(body.to_vec())
         .to_http_parts();

@@ -255,10 +255,23 @@ impl Default for InputsConfig {
     }
 }
 
+/// Where the gallery is kept (see [`crate::gallery`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GalleryBackend {
+    /// In the server process: memory, an append-only log and snapshots in `gallery.dir`.
+    #[default]
+    Embedded,
+    /// A PostgreSQL table with pgvector, shared by every replica (`gallery.postgres_url`).
+    Postgres,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GalleryConfig {
-    /// Where the gallery lives and persists; seeded from the bundle's gallery when empty.
+    pub backend: GalleryBackend,
+    /// Where the embedded gallery lives and persists; seeded from the bundle's gallery
+    /// when empty.
     pub dir: PathBuf,
     /// HNSW: links per node, candidate list while building, and while searching.
     pub m: usize,
@@ -267,6 +280,20 @@ pub struct GalleryConfig {
     /// What to do with a stored gallery whose vectors another model made: `refuse` to
     /// start, or `reseed` it from the bundle (the old file is kept beside it).
     pub on_model_change: OnModelChange,
+    /// `postgresql://user:password@host:port/db` (or `?host=/socket/dir`), for the
+    /// postgres backend.
+    pub postgres_url: String,
+    /// The table of this model's gallery (one per model).
+    pub postgres_table: String,
+    /// Most connections this replica holds.
+    pub postgres_pool_size: u32,
+    /// Seconds to connect, or to wait for a free connection, before answering 503.
+    pub postgres_timeout_s: u64,
+    /// A statement running longer is cancelled.
+    pub postgres_statement_timeout_ms: u64,
+    /// A breed filter over at most this many rows ranks them exactly (see
+    /// [`crate::gallery::postgres`]).
+    pub postgres_exact_breed_max: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +312,13 @@ impl Default for GalleryConfig {
             ef_construction: 200,
             ef_search: 64,
             on_model_change: OnModelChange::Refuse,
+            backend: GalleryBackend::Embedded,
+            postgres_url: String::new(),
+            postgres_table: "simsiam_gallery".into(),
+            postgres_pool_size: 8,
+            postgres_timeout_s: 5,
+            postgres_statement_timeout_ms: 10_000,
+            postgres_exact_breed_max: 20_000,
         }
     }
 }
@@ -446,6 +480,38 @@ impl ServerConfig {
                 "gallery.ef_search",
                 "ef_construction and ef_search must be at least 1",
             );
+        }
+        if self.gallery.backend == GalleryBackend::Postgres {
+            let g = &self.gallery;
+            if g.postgres_url.trim().is_empty() {
+                return bad(
+                    "gallery.postgres_url",
+                    "must be set for the postgres backend (or SIMSIAM_SERVER_GALLERY__POSTGRES_URL)",
+                );
+            }
+            let t = &g.postgres_table;
+            let identifier = t.len() <= 40
+                && t.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && t.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !identifier {
+                return bad(
+                    "gallery.postgres_table",
+                    "must be 1 to 40 lower-case letters, digits and _, not starting with a digit",
+                );
+            }
+            if g.on_model_change == OnModelChange::Reseed {
+                return bad(
+                    "gallery.on_model_change",
+                    "\"reseed\" is for the embedded backend; with postgres give each model its own gallery.postgres_table",
+                );
+            }
+            if g.postgres_pool_size == 0 || g.postgres_timeout_s == 0 {
+                return bad(
+                    "gallery.postgres_pool_size",
+                    "postgres_pool_size and postgres_timeout_s must be at least 1",
+                );
+            }
         }
         if self
             .cors

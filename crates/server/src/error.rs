@@ -76,9 +76,14 @@ impl From<GalleryError> for ApiError {
     fn from(e: GalleryError) -> Self {
         match e {
             GalleryError::Dimension { .. } => ApiError::Unprocessable(e.to_string()),
-            GalleryError::Corrupt { .. } | GalleryError::Io(_) => {
-                ApiError::Internal(format!("gallery: {e}"))
-            }
+            // The database is down or busy: the client may retry.
+            GalleryError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            GalleryError::Corrupt { .. }
+            | GalleryError::Io(_)
+            | GalleryError::Database(_)
+            | GalleryError::LogBroken(_)
+            | GalleryError::StoredDimension { .. }
+            | GalleryError::StoredModel { .. } => ApiError::Internal(format!("gallery: {e}")),
         }
     }
 }

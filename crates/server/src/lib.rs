@@ -5,7 +5,7 @@
 //! A request flows: [`input`] (multipart / JSON / raw body) → decode and preprocess on the
 //! blocking pool ([`pipeline::preprocess`], the trainer's evaluation transform) →
 //! [`batcher::Batcher`] → an [`encoder::Encoder`] on its own thread → the gallery
-//! ([`gallery::Gallery`]) or the probe → JSON. The pipeline fails with
+//! ([`gallery::Gallery`]: embedded or PostgreSQL) or the probe → JSON. The pipeline fails with
 //! [`pipeline::EmbedError`], the gallery with [`gallery::GalleryError`]; the HTTP layer
 //! turns both into [`error::ApiError`], mapped to statuses in one table.
 //!
@@ -31,7 +31,6 @@ pub mod pipeline;
 pub mod priority;
 pub mod routes;
 pub mod state;
-pub mod store;
 pub mod timing;
 
 use actix_web::body::{BoxBody, MessageBody};

@@ -8,14 +8,13 @@
 //! and the stored gallery with the model (dimension and model identity).
 
 use crate::batcher::{Batcher, Ticket};
-use crate::config::{OnModelChange, ServerConfig};
+use crate::config::ServerConfig;
 use crate::encoder::{ActiveProvider, Encoder, OrtEncoder};
 use crate::fetch::Fetcher;
-use crate::gallery::{Gallery, GalleryError, GraphParams, Item};
+use crate::gallery::{self, Gallery, GalleryError, Item, Opening, Seed};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::pipeline::{preprocess, EmbedError};
-use crate::store::GalleryStore;
 use simsiam::bundle::{Bundle, Manifest};
 use simsiam::classes::breed_name;
 use simsiam::preprocess::EvalTransform;
@@ -45,19 +44,6 @@ pub enum StartError {
     Gallery(#[from] GalleryError),
     #[error("cannot start the inference threads: {0}")]
     Spawn(std::io::Error),
-    #[error("gallery {dir} holds {found}-d vectors but model {model} makes {expected}-d ones: point gallery.dir elsewhere or delete it")]
-    GalleryDimension {
-        dir: PathBuf,
-        model: String,
-        expected: usize,
-        found: usize,
-    },
-    #[error("gallery {dir} was embedded by model {found}, but this server runs {expected}: set gallery.on_model_change = \"reseed\" to rebuild it from the bundle (the old file is kept), or point gallery.dir elsewhere")]
-    GalleryModel {
-        dir: PathBuf,
-        expected: String,
-        found: String,
-    },
 }
 
 pub struct AppState {
@@ -70,7 +56,8 @@ pub struct AppState {
     pub probe: LinearProbe,
     /// Breed names (display form) by class index.
     pub breeds: Vec<String>,
-    pub gallery: GalleryStore,
+    /// The embedded or the PostgreSQL gallery (`gallery.backend`).
+    pub gallery: Arc<dyn Gallery>,
     /// Fetches images given as URLs; `None` when `inputs.fetch_urls` is off.
     pub fetcher: Option<Arc<Fetcher>>,
     pub health: Arc<Health>,
@@ -111,13 +98,16 @@ impl AppState {
         let batcher = Batcher::start(encoders, &cfg.batching, metrics.clone(), health.clone())
             .map_err(StartError::Spawn)?;
         let breeds: Vec<String> = m.classes.iter().map(|c| breed_name(c)).collect();
-        let gallery = open_gallery(&cfg, &bundle, &breeds)?;
-        let gallery = GalleryStore::new(
-            gallery,
-            cfg.gallery.dir.clone(),
-            health.clone(),
-            metrics.clone(),
-        );
+        let gallery = gallery::open(
+            &cfg.gallery,
+            Opening {
+                dim: m.embedding.dim,
+                model: &model_key(m),
+                seed: seed(&bundle, &breeds)?,
+                health: health.clone(),
+                metrics: metrics.clone(),
+            },
+        )?;
         Ok(Arc::new(Self {
             model_id: format!("{}@{}", m.name, m.version),
             transform,
@@ -239,95 +229,24 @@ fn start_encoders(
     })
 }
 
-fn graph_params(cfg: &ServerConfig) -> GraphParams {
-    GraphParams {
-        m: cfg.gallery.m,
-        ef_construction: cfg.gallery.ef_construction,
-        ef_search: cfg.gallery.ef_search,
-    }
-}
-
-/// The persisted gallery, or (first start) the bundle's gallery, saved as the start. A
-/// stored gallery must hold this model's vectors: another dimension stops start-up; another
-/// model stops it too, unless `gallery.on_model_change = "reseed"`.
-fn open_gallery(
-    cfg: &ServerConfig,
-    bundle: &Bundle,
-    breeds: &[String],
-) -> Result<Gallery, StartError> {
-    let dim = bundle.manifest.embedding.dim;
-    let key = model_key(&bundle.manifest);
-    let dir = &cfg.gallery.dir;
-    if let Some(g) = Gallery::load(dir, graph_params(cfg))? {
-        if g.dim() != dim {
-            return Err(StartError::GalleryDimension {
-                dir: dir.clone(),
-                model: key,
-                expected: dim,
-                found: g.dim(),
-            });
-        }
-        // A gallery from before the model was recorded is taken as this model's.
-        if g.model().is_empty() || g.model() == key {
-            log::info!("gallery {}: {} items", dir.display(), g.len());
-            return Ok(g);
-        }
-        if cfg.gallery.on_model_change == OnModelChange::Refuse {
-            return Err(StartError::GalleryModel {
-                dir: dir.clone(),
-                expected: key,
-                found: g.model().to_string(),
-            });
-        }
-        let kept = dir.join(format!("{}.previous-model", crate::gallery::FILE));
-        std::fs::rename(dir.join(crate::gallery::FILE), &kept).map_err(|source| {
-            GalleryError::Io(simsiam::bundle::BundleError::Io {
-                path: kept.clone(),
-                source,
-            })
-        })?;
-        log::warn!(
-            "gallery {}: made by {}, re-seeded for {key}; the old file is {}",
-            dir.display(),
-            g.model(),
-            kept.display()
-        );
-    }
-    seed_gallery(cfg, bundle, breeds, &key)
-}
-
-/// A new gallery from the bundle's seed gallery (or empty), written to `gallery.dir`.
-fn seed_gallery(
-    cfg: &ServerConfig,
-    bundle: &Bundle,
-    breeds: &[String],
-    key: &str,
-) -> Result<Gallery, StartError> {
-    let dim = bundle.manifest.embedding.dim;
-    let params = graph_params(cfg);
+/// The bundle's seed gallery (empty when it has none), with breed names for labels.
+fn seed(bundle: &Bundle, breeds: &[String]) -> Result<Seed, StartError> {
     let seed = bundle.seed_gallery().map_err(|source| StartError::Bundle {
         dir: bundle.dir.clone(),
         source,
     })?;
-    let g = match seed {
-        Some(seed) => {
-            let items = (0..seed.meta.ids.len())
+    Ok(match seed {
+        Some(seed) => Seed {
+            items: (0..seed.meta.ids.len())
                 .map(|i| Item {
                     id: seed.meta.ids[i].clone(),
                     breed: breeds.get(seed.meta.labels[i]).cloned(),
                     source: Some(seed.meta.paths[i].clone()),
                     metadata: serde_json::Value::Null,
                 })
-                .collect();
-            Gallery::from_parts(dim, key, items, seed.vectors, params)
-        }
-        None => Gallery::new(dim, key, params),
-    };
-    g.save(&cfg.gallery.dir)?;
-    log::info!(
-        "gallery {}: seeded with {} items from the bundle",
-        cfg.gallery.dir.display(),
-        g.len()
-    );
-    Ok(g)
+                .collect(),
+            vectors: seed.vectors,
+        },
+        None => Seed::default(),
+    })
 }

@@ -8,7 +8,6 @@ use crate::input::{self, strings};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -61,15 +60,11 @@ async fn add(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpR
         let dim = state.batcher.dim();
         let st = state.clone();
         let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
-        let total = web::block(move || {
-            st.gallery.change(|g| {
-                for (item, v) in items.into_iter().zip(vectors.chunks(dim)) {
-                    g.upsert(item, v)?;
-                }
-                Ok::<_, ApiError>(g.len())
-            })
-        })
-        .await??;
+        let entries = items
+            .into_iter()
+            .zip(vectors.chunks(dim).map(<[f32]>::to_vec))
+            .collect();
+        let total = web::block(move || st.gallery.upsert(entries)).await??;
         Ok(HttpResponse::Created().json(Added {
             added: ids.len(),
             ids,
@@ -150,42 +145,21 @@ async fn remove(state: State, id: web::Path<String>) -> Result<HttpResponse, Api
     let id = id.into_inner();
     let st = state.clone();
     within_timeout(&state, async move {
-        let removed = web::block(move || {
-            st.gallery.change(|g| {
-                if !g.remove(&id) {
-                    return Err(ApiError::NotFound(format!(
-                        "no gallery entry with id {id:?}"
-                    )));
-                }
-                Ok(Removed {
-                    deleted: id,
-                    total: g.len(),
-                })
-            })
-        })
-        .await??;
-        Ok(HttpResponse::Ok().json(removed))
+        let (id, total) =
+            web::block(move || st.gallery.remove(&id).map(|total| (id, total))).await??;
+        let Some(total) = total else {
+            return Err(ApiError::NotFound(format!(
+                "no gallery entry with id {id:?}"
+            )));
+        };
+        Ok(HttpResponse::Ok().json(Removed { deleted: id, total }))
     })
     .await
 }
 
-#[derive(Serialize)]
-struct Counts {
-    total: usize,
-    dim: usize,
-    by_breed: BTreeMap<String, usize>,
-}
-
-/// Read on the blocking pool: the gallery's lock may be held by a change.
+/// Read on the blocking pool: the embedded gallery's lock may be held by a change, the
+/// database is a network away.
 async fn counts(state: State) -> Result<HttpResponse, ApiError> {
-    let counts = web::block(move || {
-        let g = state.gallery.read();
-        Counts {
-            total: g.len(),
-            dim: g.dim(),
-            by_breed: g.counts(),
-        }
-    })
-    .await?;
+    let counts = web::block(move || state.gallery.counts()).await??;
     Ok(HttpResponse::Ok().json(counts))
 }

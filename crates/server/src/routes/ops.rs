@@ -74,8 +74,12 @@ async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
             "canary passed"
         }
     };
-    // Counted only when no change holds the gallery: readiness never waits for one.
-    let gallery_items = state.gallery.try_read().map(|g| g.len());
+    // The embedded gallery is counted only when no change holds it (readiness never
+    // waits for one); the database must answer within half a second.
+    let st = state.clone();
+    let gallery_items = web::block(move || st.gallery.ready())
+        .await?
+        .map_err(|e| unavailable(format!("gallery: {e}")))?;
     Ok(HttpResponse::Ok().json(json!({
         "status": "ready",
         "model": state.model_id,

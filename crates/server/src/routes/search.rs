@@ -69,15 +69,16 @@ async fn search(
         let st = state.clone();
         let results = web::block(move || {
             let t = Instant::now();
-            let g = st.gallery.read();
-            let out = queries
-                .chunks(dim)
-                .map(|q| {
-                    g.search(q, k, breed.as_deref())
+            let out = st
+                .gallery
+                .search(&queries, k, breed.as_deref())
+                .map(|found| {
+                    found
+                        .into_iter()
                         .map(|neighbors| Neighbours { neighbors })
-                        .map_err(ApiError::from)
+                        .collect::<Vec<_>>()
                 })
-                .collect::<Result<Vec<_>, _>>();
+                .map_err(ApiError::from);
             st.metrics.record_stage(Stage::Search, t.elapsed());
             out
         })

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod errors;
 mod linkage;
+mod postgres;
 mod providers;
 mod reliability;
 mod routes;

@@ -184,13 +184,17 @@ fn a_gallery_of_another_model_is_refused_or_reseeded_when_configured() {
 }
 
 /// One client's gallery operations and whether the server acknowledged each.
-struct Log {
-    ops: Vec<(String, bool, bool)>,
+pub(super) struct Log {
+    pub(super) ops: Vec<(String, bool, bool)>,
 }
 
 /// Adds and deletes on ids of its own until `stop`, through kills and restarts: an
 /// operation counts as acknowledged only when its 201/200 arrived.
-fn gallery_client(k: usize, addr: Arc<std::sync::Mutex<String>>, stop: Arc<AtomicBool>) -> Log {
+pub(super) fn gallery_client(
+    k: usize,
+    addr: Arc<std::sync::Mutex<String>>,
+    stop: Arc<AtomicBool>,
+) -> Log {
     let image = image_bytes(&format!("class_{}/{}.jpg", k % 3, k));
     let mut log = Log { ops: Vec::new() };
     let mut live: Vec<String> = Vec::new();
@@ -232,7 +236,7 @@ fn gallery_client(k: usize, addr: Arc<std::sync::Mutex<String>>, stop: Arc<Atomi
 
 /// Whether each id must be present (`Some(true)`), absent (`Some(false)`), or either: an
 /// unacknowledged operation may or may not have happened.
-fn expected(logs: &[Log]) -> BTreeMap<String, Option<bool>> {
+pub(super) fn expected(logs: &[Log]) -> BTreeMap<String, Option<bool>> {
     let mut state = BTreeMap::new();
     for log in logs {
         for (id, add, acked) in &log.ops {

@@ -1,56 +1,28 @@
-//! The searchable gallery: stored vectors with ids, breeds and metadata, an HNSW graph
-//! over them, and a file that survives restarts.
+//! The gallery in memory: vectors with ids, breeds and metadata, and an HNSW graph over
+//! them, encoded to and decoded from a snapshot file.
 //!
 //! The vectors are the source of truth; the graph (`hnsw_rs`, which cannot delete) is
-//! rebuilt from them at start-up and whenever deleted entries (tombstones) pile up.
-//! Searches skip tombstones through the graph's filter, and a breed filter is answered by
-//! an exact scan of that breed's vectors, which is both exact and cheap.
+//! built from them, or reloaded from its dump beside the snapshot. Deleted rows stay as
+//! tombstones, skipped by searches through the graph's filter, until they reach a quarter
+//! of the rows and the graph is rebuilt without them. A breed filter is answered by an
+//! exact scan of that breed's vectors, which is both exact and cheap.
 //!
-//! On disk the gallery is one file, `gallery.bin`: an 8-byte little-endian length, that
-//! many bytes of JSON (dim, items), then the vectors as little-endian f32. It is replaced
-//! atomically (temporary file, fsync, rename) after every change.
+//! A snapshot (`gallery.bin`) is an 8-byte little-endian length, that many bytes of JSON
+//! (dim, model, every row's item, the tombstones, the first log segment it does not
+//! contain, the graph dump's name), then the rows' vectors as little-endian f32.
 
+use super::{same_breed, GalleryError, Hit, Item};
 use hnsw_rs::anndists::dist::Distance;
+use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
+use hnsw_rs::hnswio::HnswIo;
 use serde::{Deserialize, Serialize};
-use simsiam::bundle::{write_atomic, BundleError};
-use std::collections::HashMap;
+use simsiam::bundle::BundleError;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// The snapshot's file name in the gallery directory.
 pub const FILE: &str = "gallery.bin";
-
-#[derive(Debug, thiserror::Error)]
-pub enum GalleryError {
-    #[error("{path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
-    #[error(transparent)]
-    Io(#[from] BundleError),
-    #[error("vector has {found} values, the gallery holds {expected}-d vectors")]
-    Dimension { expected: usize, found: usize },
-}
-
-/// One gallery entry as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Item {
-    pub id: String,
-    /// The breed (or any label the client gave); `label` is accepted as an alias.
-    #[serde(alias = "label")]
-    pub breed: Option<String>,
-    /// Where the image came from (a dataset path, a URL): returned with search hits.
-    pub source: Option<String>,
-    #[serde(default)]
-    pub metadata: serde_json::Value,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Hit {
-    pub id: String,
-    pub breed: Option<String>,
-    /// Cosine similarity, 1 = identical direction.
-    pub score: f32,
-    pub source: Option<String>,
-    pub metadata: serde_json::Value,
-}
 
 /// HNSW parameters.
 #[derive(Clone, Copy, Debug)]
@@ -71,22 +43,7 @@ impl Distance<f32> for UnitCosine {
     }
 }
 
-/// Breed names match ignoring case and `_` versus space (`Japanese_spaniel` = `japanese spaniel`).
-fn same_breed(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.chars().zip(b.chars()).all(|(x, y)| {
-            let norm = |c: char| {
-                if c == '_' {
-                    ' '
-                } else {
-                    c.to_ascii_lowercase()
-                }
-            };
-            norm(x) == norm(y)
-        })
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
@@ -96,10 +53,28 @@ struct Header {
     /// The model that made the vectors (files written before it was recorded have none).
     #[serde(default)]
     model: Option<String>,
+    /// Every row, tombstones included (older files hold live rows only).
     items: Vec<Item>,
+    /// Rows deleted since the graph was built.
+    #[serde(default)]
+    dead: Vec<usize>,
+    /// The first log segment whose records the snapshot does not contain.
+    #[serde(default)]
+    log_segment: u64,
+    /// The basename of the graph's dump beside it (`<name>.hnsw.graph`, `.hnsw.data`).
+    #[serde(default)]
+    graph: Option<String>,
 }
 
-pub struct Gallery {
+/// A snapshot read back: the gallery, and where its log continues.
+pub struct Loaded {
+    pub gallery: MemoryGallery,
+    pub log_segment: u64,
+    /// The name of the graph dump it was reloaded from; `None` when it was rebuilt.
+    pub graph: Option<String>,
+}
+
+pub struct MemoryGallery {
     dim: usize,
     /// The model whose embeddings the vectors are (see `AppState::model_key`).
     model: String,
@@ -111,7 +86,7 @@ pub struct Gallery {
     params: GraphParams,
 }
 
-impl Gallery {
+impl MemoryGallery {
     pub fn new(dim: usize, model: &str, params: GraphParams) -> Self {
         Self::from_parts(dim, model, Vec::new(), Vec::new(), params)
     }
@@ -160,8 +135,8 @@ impl Gallery {
     }
 
     /// Live entries per label (entries without one count under `""`).
-    pub fn counts(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut out = std::collections::BTreeMap::new();
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
         for &i in self.by_id.values() {
             *out.entry(self.items[i].breed.clone().unwrap_or_default())
                 .or_insert(0) += 1;
@@ -169,14 +144,25 @@ impl Gallery {
         out
     }
 
-    /// Adds an entry, replacing any live entry with the same id.
-    pub fn upsert(&mut self, item: Item, vector: &[f32]) -> Result<(), GalleryError> {
+    /// An error unless `vector` has the gallery's width.
+    pub fn check_dim(&self, vector: &[f32]) -> Result<(), GalleryError> {
         if vector.len() != self.dim {
             return Err(GalleryError::Dimension {
                 expected: self.dim,
                 found: vector.len(),
             });
         }
+        Ok(())
+    }
+
+    /// Whether a live entry has this id.
+    pub fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Adds an entry, replacing any live entry with the same id.
+    pub fn upsert(&mut self, item: Item, vector: &[f32]) -> Result<(), GalleryError> {
+        self.check_dim(vector)?;
         self.remove(&item.id);
         self.push(item, vector);
         Ok(())
@@ -282,35 +268,54 @@ impl Gallery {
             .collect())
     }
 
-    /// Writes the live entries to `dir/gallery.bin` atomically.
-    pub fn save(&self, dir: &Path) -> Result<(), GalleryError> {
-        write_file(dir, &self.snapshot()?)
-    }
-
-    /// The bytes of `gallery.bin` for the live entries: an 8-byte header length, the JSON
-    /// header (dimension, model, items), then the vectors as little-endian f32.
-    pub fn snapshot(&self) -> Result<Vec<u8>, GalleryError> {
-        let (items, vectors) = self.live_parts();
+    /// The snapshot's bytes: every row (tombstones marked), where the log continues
+    /// (`log_segment`) and the name of the graph's dump, if one was written beside it.
+    pub fn encode(&self, log_segment: u64, graph: Option<&str>) -> Result<Vec<u8>, GalleryError> {
         let header = serde_json::to_vec(&Header {
             dim: self.dim,
             model: Some(self.model.clone()),
-            items,
+            items: self.items.clone(),
+            dead: (0..self.items.len()).filter(|&i| !self.alive[i]).collect(),
+            log_segment,
+            graph: graph.map(str::to_string),
         })
         .map_err(|e| GalleryError::Corrupt {
             path: PathBuf::from(FILE),
             message: e.to_string(),
         })?;
-        let mut bytes = Vec::with_capacity(8 + header.len() + vectors.len() * 4);
+        let mut bytes = Vec::with_capacity(8 + header.len() + self.vectors.len() * 4);
         bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&header);
-        for v in vectors {
+        for v in &self.vectors {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         Ok(bytes)
     }
 
-    /// Reads `dir/gallery.bin`; `None` when the file does not exist yet.
-    pub fn load(dir: &Path, params: GraphParams) -> Result<Option<Self>, GalleryError> {
+    /// Dumps the graph as `dir/<basename>.hnsw.{graph,data}`, fsynced; the name used
+    /// comes back (`hnsw_rs` picks another one rather than overwrite). An empty graph has
+    /// nothing to dump (`hnsw_rs` refuses to): `None`.
+    pub fn dump_graph(&self, dir: &Path, basename: &str) -> Result<Option<String>, GalleryError> {
+        if self.items.is_empty() {
+            return Ok(None);
+        }
+        let name = self
+            .graph
+            .file_dump(dir, basename)
+            .map_err(|e| GalleryError::Corrupt {
+                path: dir.join(basename),
+                message: format!("dumping the graph: {e}"),
+            })?;
+        for file in graph_files(dir, &name) {
+            let synced = std::fs::File::open(&file).and_then(|f| f.sync_all());
+            synced.map_err(|source| BundleError::Io { path: file, source })?;
+        }
+        Ok(Some(name))
+    }
+
+    /// Reads `dir/gallery.bin`; `None` when there is none. The graph is reloaded from its
+    /// dump when the snapshot names one that is intact and matches the rows, else rebuilt.
+    pub fn load(dir: &Path, params: GraphParams) -> Result<Option<Loaded>, GalleryError> {
         let path = dir.join(FILE);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -338,28 +343,104 @@ impl Gallery {
                 header.dim
             )));
         }
-        let vectors = body
+        if header.dead.iter().any(|&i| i >= header.items.len()) {
+            return Err(corrupt("a tombstone beyond the rows".into()));
+        }
+        let vectors: Vec<f32> = body
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok(Some(Self::from_parts(
-            header.dim,
-            header.model.as_deref().unwrap_or_default(),
-            header.items,
-            vectors,
-            params,
-        )))
+        let model = header.model.as_deref().unwrap_or_default();
+        let graph = header
+            .graph
+            .as_deref()
+            .and_then(|name| reload_graph(dir, name, header.items.len()));
+        let graph_name = header.graph.clone().filter(|_| graph.is_some());
+        let gallery = match graph {
+            Some(graph) => {
+                let mut g = Self {
+                    dim: header.dim,
+                    model: model.to_string(),
+                    by_id: HashMap::with_capacity(header.items.len()),
+                    alive: vec![true; header.items.len()],
+                    items: header.items,
+                    vectors,
+                    graph,
+                    params,
+                };
+                for &i in &header.dead {
+                    g.alive[i] = false;
+                }
+                for (i, item) in g.items.iter().enumerate() {
+                    if g.alive[i] {
+                        g.by_id.insert(item.id.clone(), i);
+                    }
+                }
+                g
+            }
+            None => {
+                let mut alive = vec![true; header.items.len()];
+                for &i in &header.dead {
+                    alive[i] = false;
+                }
+                let (items, rows): (Vec<Item>, Vec<&[f32]>) = header
+                    .items
+                    .into_iter()
+                    .zip(vectors.chunks_exact(header.dim.max(1)))
+                    .zip(alive)
+                    .filter_map(|(row, alive)| alive.then_some(row))
+                    .unzip();
+                Self::from_parts(header.dim, model, items, rows.concat(), params)
+            }
+        };
+        Ok(Some(Loaded {
+            gallery,
+            log_segment: header.log_segment,
+            graph: graph_name,
+        }))
     }
 }
 
-/// Replaces `dir/gallery.bin` with `snapshot` atomically (temporary file, fsync, rename).
-pub fn write_file(dir: &Path, snapshot: &[u8]) -> Result<(), GalleryError> {
-    std::fs::create_dir_all(dir).map_err(|source| BundleError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    write_atomic(&dir.join(FILE), snapshot)?;
-    Ok(())
+/// The two files of a graph dump.
+pub fn graph_files(dir: &Path, basename: &str) -> [PathBuf; 2] {
+    [
+        dir.join(format!("{basename}.hnsw.graph")),
+        dir.join(format!("{basename}.hnsw.data")),
+    ]
+}
+
+/// The graph from its dump, if the files are there, intact, and hold `rows` points.
+/// `hnsw_rs` asserts on a damaged file rather than returning an error, so its panic is
+/// caught here and the caller rebuilds the graph from the vectors instead.
+fn reload_graph(dir: &Path, name: &str, rows: usize) -> Option<Hnsw<'static, f32, UnitCosine>> {
+    if !graph_files(dir, name).iter().all(|f| f.is_file()) {
+        log::warn!("gallery graph {name} is missing: rebuilding it");
+        return None;
+    }
+    let loaded = std::panic::catch_unwind(|| {
+        // The reloaded graph owns its points (no memory map), but its type borrows the
+        // loader: the loader is leaked, a few hundred bytes once per start.
+        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, name)));
+        io.load_hnsw::<f32, UnitCosine>()
+    });
+    match loaded {
+        Ok(Ok(graph)) if graph.get_nb_point() == rows => Some(graph),
+        Ok(Ok(graph)) => {
+            log::warn!(
+                "gallery graph {name} holds {} points for {rows} rows: rebuilding it",
+                graph.get_nb_point()
+            );
+            None
+        }
+        Ok(Err(e)) => {
+            log::warn!("gallery graph {name} did not load ({e}): rebuilding it");
+            None
+        }
+        Err(_) => {
+            log::warn!("gallery graph {name} is damaged: rebuilding it");
+            None
+        }
+    }
 }
 
 fn new_graph(p: GraphParams, capacity: usize) -> Hnsw<'static, f32, UnitCosine> {
@@ -408,8 +489,8 @@ mod tests {
         }
     }
 
-    fn gallery(n: usize, dim: usize) -> Gallery {
-        let mut g = Gallery::new(dim, "test-model", P);
+    fn gallery(n: usize, dim: usize) -> MemoryGallery {
+        let mut g = MemoryGallery::new(dim, "test-model", P);
         for i in 0..n {
             g.upsert(item(i), &unit(i as u64, dim)).expect("upsert");
         }
@@ -484,29 +565,80 @@ mod tests {
         );
     }
 
+    fn save(g: &MemoryGallery, dir: &Path, graph: Option<&str>) {
+        let name = graph.and_then(|n| g.dump_graph(dir, n).expect("dump"));
+        let bytes = g.encode(3, name.as_deref()).expect("encode");
+        simsiam::bundle::write_atomic(&dir.join(FILE), &bytes).expect("write");
+    }
+
     #[test]
     fn save_and_load_round_trip_and_corruption_is_reported() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut g = gallery(30, 8);
         g.remove("img-0");
-        g.save(dir.path()).expect("save");
-        let back = Gallery::load(dir.path(), P)
+        save(&g, dir.path(), None);
+        let back = MemoryGallery::load(dir.path(), P)
             .expect("load")
             .expect("present");
+        assert_eq!(back.log_segment, 3);
+        assert_eq!(back.graph, None, "no dump: rebuilt");
+        let back = back.gallery;
         assert_eq!(back.len(), 29);
         assert_eq!(back.counts(), g.counts());
         assert_eq!(back.model(), "test-model", "the file records the model");
+        assert!(!back.contains("img-0"), "the tombstone stays dead");
         assert_eq!(
             back.search(&unit(5, 8), 1, None).expect("s")[0].metadata,
             serde_json::json!({"i": 5})
         );
-        assert!(Gallery::load(&dir.path().join("none"), P)
+        assert!(MemoryGallery::load(&dir.path().join("none"), P)
             .expect("ok")
             .is_none());
         let path = dir.path().join(FILE);
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() - 3]).expect("write");
-        let err = Gallery::load(dir.path(), P).err().expect("corrupt");
-        assert!(err.to_string().contains("expected 29 vectors"), "{err}");
+        let err = MemoryGallery::load(dir.path(), P).err().expect("corrupt");
+        assert!(err.to_string().contains("expected 30 vectors"), "{err}");
+    }
+
+    #[test]
+    fn a_dumped_graph_is_reloaded_and_keeps_working_and_a_damaged_one_is_rebuilt() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut g = gallery(300, 16);
+        g.remove("img-9");
+        save(&g, dir.path(), Some("graph-1"));
+        let back = MemoryGallery::load(dir.path(), P)
+            .expect("load")
+            .expect("present");
+        assert_eq!(back.graph.as_deref(), Some("graph-1"));
+        let mut back = back.gallery;
+        for q in [1u64, 9, 77, 500] {
+            let ids = |g: &MemoryGallery| -> Vec<String> {
+                let hits = g.search(&unit(q, 16), 5, None).expect("search");
+                hits.into_iter().map(|h| h.id).collect()
+            };
+            assert_eq!(ids(&back), ids(&g), "query {q}: same graph, same answer");
+        }
+        assert!(!back.contains("img-9"));
+        // Inserting into the reloaded graph works like into a built one.
+        back.upsert(item(1000), &unit(1000, 16)).expect("upsert");
+        assert_eq!(
+            back.search(&unit(1000, 16), 1, None).expect("s")[0].id,
+            "img-1000"
+        );
+
+        // A truncated graph file: the graph is rebuilt from the vectors, nothing is lost.
+        let [graph, _] = graph_files(dir.path(), "graph-1");
+        let bytes = std::fs::read(&graph).expect("read");
+        std::fs::write(&graph, &bytes[..bytes.len() / 2]).expect("write");
+        let again = MemoryGallery::load(dir.path(), P)
+            .expect("load")
+            .expect("present");
+        assert_eq!(again.graph, None);
+        assert_eq!(again.gallery.len(), 299);
+        assert_eq!(
+            again.gallery.search(&unit(42, 16), 1, None).expect("s")[0].id,
+            "img-42"
+        );
     }
 }
