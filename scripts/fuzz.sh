@@ -47,7 +47,11 @@ seed() {
 
 for target in $TARGETS; do
   features=()
-  [[ "$target" == mat || "$target" == voc_xml ]] && features=(--features trainer)
+  if [[ "$target" == mat || "$target" == voc_xml ]]; then
+    # The trainer's link arguments (its rpath to libtorch) do not reach this crate.
+    features=(--features trainer)
+    export LD_LIBRARY_PATH="$PWD/.libtorch/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
   seed "$target"
   # Inputs that once crashed a target (fuzz/regressions/<target>/) run first, once each.
   regressions=(fuzz/regressions/"$target"/*)
