@@ -6,8 +6,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# A no-op after `cargo test --release --workspace`; rebuilds a stale binary otherwise.
-cargo build --release -p simsiam-server --bin server
+# A no-op after `cargo test --release --workspace`, and a rebuild of a stale binary
+# otherwise. Not `cargo build -p simsiam-server`: its features differ from the workspace's
+# test build (dev-dependencies unified), which recompiled about 60 crates in `make test`.
+cargo test --release --workspace --no-run
 failed=()
 echo "[test-clients] Python SDK (clients/python, pytest)"
 .venv/bin/python -m pytest -q clients/python/tests || failed+=("Python SDK")

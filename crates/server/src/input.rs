@@ -328,6 +328,7 @@ use serde::Deserialize as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::FromRequest;
 
     #[test]
     fn json_bodies_split_images_from_parameters() {
@@ -357,6 +358,32 @@ mod tests {
         assert_eq!(q["flag"], true);
         // Numbers-looking ids still parse as numbers; routes that want strings say so.
         assert_eq!(scalar("007"), Value::String("007".into()));
+    }
+
+    /// A malformed multipart body that fuzzing found (`fuzz/regressions/request/`): with
+    /// actix-multipart 0.7 the parser waited forever for bytes after the body's end, so the
+    /// request never got an answer. It must be refused as a bad request.
+    #[actix_web::test]
+    async fn a_multipart_body_cut_inside_a_part_is_refused_not_awaited() {
+        let body = b"--X\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.jpg\"\r\n\r\nxyz\rX\n\r--\nContent-Disposition<{\"image=\"], \"k\"e=\"k\"\rjpg\"\r\n\r\nX--\r\n";
+        let (req, mut payload) = actix_web::test::TestRequest::post()
+            .uri("/v1/embed?top_k=2")
+            .insert_header(("content-type", "multipart/form-data; boundary=X"))
+            .set_payload(body.to_vec())
+            .to_http_parts();
+        let payload = web::Payload::from_request(&req, &mut payload)
+            .await
+            .expect("payload");
+        let limits = LimitsConfig::default();
+        let read = read(&req, payload, &limits, None);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .expect("the multipart reader must not wait past the body's end");
+        match answer {
+            Err(ApiError::BadRequest(msg)) => assert!(msg.contains("multipart"), "{msg}"),
+            Err(other) => panic!("expected a bad request, got {other:?}"),
+            Ok(input) => panic!("expected a bad request, got {} images", input.images.len()),
+        }
     }
 
     #[test]
