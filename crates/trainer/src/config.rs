@@ -404,6 +404,7 @@ mod tests {
             "trainer.toml",
             "bench-10breeds.toml",
             "default-model.toml",
+            "cpu-96-model.toml",
             "gpu-model.toml",
         ] {
             let path = Path::new(dir).join(name);
