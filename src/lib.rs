@@ -6,7 +6,8 @@
 //! writes the bundle's encoder. What both sides must compute identically lives here, so
 //! they cannot drift apart: image [`decode`]-ing, the evaluation transform
 //! ([`preprocess`]), the linear [`probe`], the backbone's layout ([`arch`]) and the
-//! bundle's format. [`runtime`] loads ONNX Runtime; [`config`] layers settings.
+//! bundle's format. [`runtime`] loads ONNX Runtime; [`config`] layers settings; [`vector`] holds the dot
+//! product that the gallery and the kNN evaluation share.
 //!
 //! ```no_run
 //! use simsiam::{bundle::Bundle, decode, runtime};
@@ -29,3 +30,4 @@ pub mod decode;
 pub mod preprocess;
 pub mod probe;
 pub mod runtime;
+pub mod vector;

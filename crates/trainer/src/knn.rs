@@ -5,6 +5,7 @@
 //! with the largest total wins. No training, so it measures the embedding alone.
 
 use rayon::prelude::*;
+use simsiam::vector::dot;
 
 /// Top-1 and top-5 accuracy in [0, 1].
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -95,10 +96,6 @@ pub fn knn_accuracy(
         &knn_scores(&b, bank_labels, &q, dim, classes, k, temperature),
         query_labels,
     )
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ struct Args {
 
 const K: usize = 10;
 const SINGLE_ADDS: usize = 100;
+/// `ef_search` values of the recall sweep (the gallery's default is 64).
+const EF_SWEEP: [usize; 4] = [32, 128, 256, 512];
 
 /// One backend's figures, as table cells.
 #[derive(Default)]
@@ -262,6 +264,28 @@ fn searches(
     Ok(())
 }
 
+/// Recall@10 at other `ef_search` values: the knob that trades search speed for recall,
+/// without rebuilding anything (`open` opens the same stored gallery with that setting).
+fn recall_by_ef(
+    f: &mut Figures,
+    d: &Data,
+    truth: &Truth,
+    open: impl Fn(usize) -> anyhow::Result<Box<dyn Gallery>>,
+) -> anyhow::Result<()> {
+    let mut cells = Vec::new();
+    for ef in EF_SWEEP {
+        let g = open(ef)?;
+        let r = recall(g.as_ref(), d, &truth.all, None)?;
+        let (qps, _, _) = throughput(g.as_ref(), d, 1, 2.0, None)?;
+        cells.push(format!("{ef}: {r:.3} ({qps:.0} q/s)"));
+    }
+    f.put(
+        "recall@10 (search q/s, concurrency 1) by ef_search",
+        cells.join(", "),
+    );
+    Ok(())
+}
+
 struct Truth {
     all: Vec<Vec<String>>,
     rare: Vec<Vec<String>>,
@@ -321,6 +345,16 @@ fn embedded(
     searches(&mut now, &g, d, truth, args.seconds)?;
     g.flush()?;
     drop(g);
+    recall_by_ef(&mut now, d, truth, |ef_search| {
+        let cfg = GalleryConfig {
+            ef_search,
+            ..cfg.clone()
+        };
+        Ok(Box::new(EmbeddedGallery::open(
+            &cfg,
+            opening(d.dim, Seed::default()),
+        )?))
+    })?;
 
     // Before the log: a start decoded the snapshot and rebuilt the graph; every write
     // encoded and rewrote the whole snapshot. The same snapshot, without its graph dump:
@@ -449,6 +483,16 @@ fn postgres(args: &Args, url: &str, d: &Data, truth: &Truth) -> anyhow::Result<F
         ),
     );
     searches(&mut f, &g, d, truth, args.seconds)?;
+    recall_by_ef(&mut f, d, truth, |ef_search| {
+        let cfg = GalleryConfig {
+            ef_search,
+            ..cfg.clone()
+        };
+        Ok(Box::new(PostgresGallery::open(
+            &cfg,
+            opening(d.dim, Seed::default()),
+        )?))
+    })?;
     let size: i64 = admin
         .query_one(
             "SELECT pg_total_relation_size($1::text::regclass)",
