@@ -6,8 +6,8 @@
 //! writes the bundle's encoder. What both sides must compute identically lives here, so
 //! they cannot drift apart: image [`decode`]-ing, the evaluation transform
 //! ([`preprocess`]), the linear [`probe`], the backbone's layout ([`arch`]) and the
-//! bundle's format. [`runtime`] loads ONNX Runtime; [`config`] layers settings; [`vector`] holds the dot
-//! product that the gallery and the kNN evaluation share.
+//! bundle's format. [`runtime`] loads ONNX Runtime; [`config`] layers settings; [`vector`]
+//! holds the dot product that the probe, the gallery and the kNN evaluation share.
 //!
 //! ```no_run
 //! use simsiam::{bundle::Bundle, decode, runtime};

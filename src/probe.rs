@@ -5,6 +5,7 @@
 //! the file format only (plain Rust, JSON), so the server can classify without libtorch;
 //! the trainer fits it (`simsiam_trainer::probe_fit`).
 
+use crate::vector::dot;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -100,7 +101,7 @@ impl LinearProbe {
             .weight
             .chunks(self.feature_dim)
             .zip(&self.bias)
-            .map(|(w, b)| w.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>() + b)
+            .map(|(w, b)| dot(w, &x) + b)
             .collect();
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();

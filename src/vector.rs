@@ -1,4 +1,5 @@
-//! Vector arithmetic that the gallery's search and the trainer's kNN evaluation share.
+//! Vector arithmetic that the probe, the gallery's search and the trainer's kNN evaluation
+//! share.
 
 /// The dot product, summed in 16 independent lanes: one running sum must add its products
 /// in order, one at a time, while lanes let the compiler use vector instructions. Distances
@@ -41,7 +42,7 @@ mod tests {
             assert_ne!(
                 len > 0,
                 plain == 0.0,
-                "length {len}: a test that cannot fail"
+                "length {len}: a zero product would make the comparison prove nothing"
             );
         }
     }

@@ -4,6 +4,7 @@
 //! a rare breed holding 0.5% of the entries, scattered over every cluster.
 
 use rayon::prelude::*;
+use simsiam::vector::dot;
 use simsiam_server::gallery::Item;
 
 pub const BREEDS: usize = 120;
@@ -108,7 +109,7 @@ pub fn exact(data: &Data, k: usize, keep: impl Fn(usize) -> bool + Sync) -> Vec<
                 .chunks(data.dim)
                 .enumerate()
                 .filter(|(i, _)| keep(*i))
-                .map(|(i, v)| (v.iter().zip(q).map(|(a, b)| a * b).sum(), i))
+                .map(|(i, v)| (dot(v, q), i))
                 .collect();
             scored.sort_by(|a, b| b.0.total_cmp(&a.0));
             scored

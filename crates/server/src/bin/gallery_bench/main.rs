@@ -17,7 +17,7 @@ use simsiam_server::config::{GalleryBackend, GalleryConfig};
 use simsiam_server::gallery::embedded::EmbeddedGallery;
 use simsiam_server::gallery::memory::{MemoryGallery, FILE};
 use simsiam_server::gallery::postgres::PostgresGallery;
-use simsiam_server::gallery::{graph_params, Gallery, Opening, Seed};
+use simsiam_server::gallery::{graph_params, Gallery, GalleryError, Opening, Seed};
 use simsiam_server::health::Health;
 use simsiam_server::metrics::Metrics;
 use std::path::{Path, PathBuf};
@@ -265,19 +265,24 @@ fn searches(
 }
 
 /// Recall@10 at other `ef_search` values: the knob that trades search speed for recall,
-/// without rebuilding anything (`open` opens the same stored gallery with that setting).
-fn recall_by_ef(
+/// without rebuilding anything (`open` reopens the stored gallery of `cfg` with each one).
+fn recall_by_ef<G: Gallery>(
     f: &mut Figures,
     d: &Data,
     truth: &Truth,
-    open: impl Fn(usize) -> anyhow::Result<Box<dyn Gallery>>,
+    cfg: &GalleryConfig,
+    open: impl Fn(&GalleryConfig, Opening<'static>) -> Result<G, GalleryError>,
 ) -> anyhow::Result<()> {
     let mut cells = Vec::new();
-    for ef in EF_SWEEP {
-        let g = open(ef)?;
-        let r = recall(g.as_ref(), d, &truth.all, None)?;
-        let (qps, _, _) = throughput(g.as_ref(), d, 1, 2.0, None)?;
-        cells.push(format!("{ef}: {r:.3} ({qps:.0} q/s)"));
+    for ef_search in EF_SWEEP {
+        let cfg = GalleryConfig {
+            ef_search,
+            ..cfg.clone()
+        };
+        let g = open(&cfg, opening(d.dim, Seed::default()))?;
+        let r = recall(&g, d, &truth.all, None)?;
+        let (qps, _, _) = throughput(&g, d, 1, 2.0, None)?;
+        cells.push(format!("{ef_search}: {r:.3} ({qps:.0} q/s)"));
     }
     f.put(
         "recall@10 (search q/s, concurrency 1) by ef_search",
@@ -345,16 +350,7 @@ fn embedded(
     searches(&mut now, &g, d, truth, args.seconds)?;
     g.flush()?;
     drop(g);
-    recall_by_ef(&mut now, d, truth, |ef_search| {
-        let cfg = GalleryConfig {
-            ef_search,
-            ..cfg.clone()
-        };
-        Ok(Box::new(EmbeddedGallery::open(
-            &cfg,
-            opening(d.dim, Seed::default()),
-        )?))
-    })?;
+    recall_by_ef(&mut now, d, truth, &cfg, EmbeddedGallery::open)?;
 
     // Before the log: a start decoded the snapshot and rebuilt the graph; every write
     // encoded and rewrote the whole snapshot. The same snapshot, without its graph dump:
@@ -483,16 +479,7 @@ fn postgres(args: &Args, url: &str, d: &Data, truth: &Truth) -> anyhow::Result<F
         ),
     );
     searches(&mut f, &g, d, truth, args.seconds)?;
-    recall_by_ef(&mut f, d, truth, |ef_search| {
-        let cfg = GalleryConfig {
-            ef_search,
-            ..cfg.clone()
-        };
-        Ok(Box::new(PostgresGallery::open(
-            &cfg,
-            opening(d.dim, Seed::default()),
-        )?))
-    })?;
+    recall_by_ef(&mut f, d, truth, &cfg, PostgresGallery::open)?;
     let size: i64 = admin
         .query_one(
             "SELECT pg_total_relation_size($1::text::regclass)",
