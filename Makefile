@@ -1,7 +1,7 @@
 # The two commands of the README: `make serve` (set up, build and start the server on the
 # default model) and `make test` (set up, build, run all tests). Everything native is
 # installed into the project folder by setup.
-.PHONY: serve setup setup-runtime setup-clients build test test-clients test-server lint fuzz soak bench-train bench-server bench-gallery bench-reference clean
+.PHONY: serve default-model setup setup-runtime setup-clients build test test-clients test-server lint fuzz soak bench-train bench-server bench-gallery bench-reference clean
 
 CARGO ?= cargo
 DATA ?= ../shared/data/stanford-dogs
@@ -47,6 +47,12 @@ test-server:
 lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# Trains models/default from scratch: SimSiam pretraining, fine-tuning on the labels, eval,
+# export and gallery (scripts/default-model.sh; under 120 minutes on 2 CPU cores, and every
+# stage resumes when run again). CONFIG=config/gpu-model.toml on a GPU host.
+default-model: setup
+	DATA=$(DATA) bash scripts/default-model.sh
 
 # Throughput of the data pipeline, compute-only and end-to-end training (10 breeds, 64 px).
 bench-train: build

@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
-# Pretraining on the lent GPU machine (one H200; see DEVELOPERS.md and
-# ../shared/docs/toolchain.md for its limits), prepared and checked here.
+# Pretraining and fine-tuning on a GPU host that has PyTorch's libraries but no Rust
+# toolchain, in one call of a few minutes, prepared and checked here.
 #
 #   scripts/gpu-pretrain.sh prepare         here: build the trainer, strip and compress it,
 #                                            pack the training split, into .gpu/ (ignored)
 #   scripts/gpu-pretrain.sh remote          there, the one command: measure the data pipeline,
 #                                            compute and end to end per image size (< 1 min),
-#                                            pretrain as long as the budget allows at the size
-#                                            the measurement favours, and leave the run in
-#                                            $OUT as pieces of at most 15 MiB with SHA256SUMS,
-#                                            bench.json and log.txt (8 files at most)
+#                                            pretrain as long as BUDGET_S allows at the size the
+#                                            measurement favours, fine-tune the result on the
+#                                            labels for FT_BUDGET_S, and leave the fine-tuned
+#                                            run in $OUT as pieces of at most 15 MiB with
+#                                            SHA256SUMS, bench.json and log.txt (8 files at most)
 #   scripts/gpu-pretrain.sh fetch DIR [RUN] here: check and reassemble the pieces from DIR into
-#                                            runs/RUN (default runs/gpu-h200)
+#                                            runs/RUN (default runs/gpu)
 #   scripts/gpu-pretrain.sh dry-run         here, on CPU: all three, tiny, end to end
 #
-# The device tool runs `remote` with the prepared payload carried:
-#   run(command="bash scripts/gpu-pretrain.sh remote", carry=[".gpu"], timeout_s=590)
-# What travels per call is capped at 64 MiB, tracked files included (about 27 MiB): the
-# payload is the xz-compressed trainer (about 2.5 MiB) and the training split re-encoded at
-# 96 px, JPEG quality 60 (about 29 MiB). At most 8 files of 16 MiB come back.
+# The host runs `remote` in the project folder with .gpu/ copied beside it, and $OUT set to
+# a folder that comes back. Planned for a host that carries at most 64 MiB per call (tracked
+# files included, about 28 MiB) and returns at most 8 files of 16 MiB: the payload is the
+# xz-compressed trainer (about 2.5 MiB) and the training split re-encoded at 96 px, JPEG
+# quality 60 (about 29 MiB).
 #
-# Settings (environment): SIZES="64 80 96" candidate image sizes; BUDGET_S=420 seconds of
-# pretraining; BATCH=256; PRECISION=bf16; DEVICE=cuda; MIN_EPOCHS=40 (the largest size that
-# still gets this many epochs in the budget wins); EPOCHS (skip the choice: a fixed count);
+# Settings (environment): SIZES="64 80 96" candidate image sizes; BUDGET_S=300 seconds of
+# pretraining; FT_BUDGET_S=150 seconds of fine-tuning; BATCH=256; PRECISION=bf16;
+# DEVICE=cuda; MIN_EPOCHS=40 (the largest size that still gets this many pretraining epochs
+# in the budget wins); EPOCHS, FT_EPOCHS (skip the choice: fixed counts);
 # CONFIG=config/gpu-model.toml; BREEDS (keep only the first N breeds, for dry runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +55,7 @@ prepare() {
   tracked=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1)
   say "payload $GPU_DIR: $((carried >> 20)) MiB; tracked files: $((tracked >> 20)) MiB; together $(((carried + tracked) >> 20)) MiB of the 64 MiB a call carries"
   (( carried + tracked < 64 << 20 )) || die "the payload and the tracked files exceed 64 MiB: lower PACK_QUALITY or PACK_SIDE"
-  say "next: run(command=\"bash scripts/gpu-pretrain.sh remote\", carry=[\"$GPU_DIR\"], timeout_s=590)"
+  say "next, on the GPU host: bash scripts/gpu-pretrain.sh remote (with $GPU_DIR beside it, OUT set)"
 }
 
 # The GPU machine has PyTorch 2.11.0 (CUDA 13) in /opt/torch/.venv: its torch/lib holds
@@ -76,11 +78,12 @@ epochs_in_budget() {
 }
 
 remote() {
-  local out=${OUT:?set OUT to the folder that goes back (the device tool sets it)}
+  local out=${OUT:?set OUT to the folder that goes back (the runner on the GPU host sets it)}
   mkdir -p "$out"
   local device=${DEVICE:-cuda} batch=${BATCH:-256} precision=${PRECISION:-bf16}
   local sizes=${SIZES:-64 80 96} config=${CONFIG:-config/gpu-model.toml}
-  BUDGET_S=${BUDGET_S:-420}
+  BUDGET_S=${BUDGET_S:-300}
+  local ft_budget=${FT_BUDGET_S:-150}
   local min_epochs=${MIN_EPOCHS:-40}
   local t0=$SECONDS
   use_machine_libtorch
@@ -104,7 +107,7 @@ remote() {
   say "$n packed images, $cores cores ($workers augmentation workers), batch $batch, $precision, device $device"
 
   # 1. Measure: data pipeline alone, compute alone, end to end, per size.
-  local best="" best_epochs=0 size rate e
+  local best="" best_epochs=0 best_rate=1 size rate e
   for size in $sizes; do
     "$trainer" bench --config "$config" --data "$GPU_DIR/pack" --device "$device" \
       --image-size "$size" --batch "$batch" --steps "${BENCH_STEPS:-20}" \
@@ -114,7 +117,7 @@ remote() {
     e=$(epochs_in_budget "$rate" "$n")
     { echo "== $size px: $e epochs in ${BUDGET_S} s"; cat "$GPU_DIR/bench-$size.txt"; } | tee -a "$out/log.txt" >&2
     # The largest size that still gets MIN_EPOCHS; the smallest one otherwise.
-    if [[ -z "$best" ]] || (( e >= min_epochs )); then best=$size; best_epochs=$e; fi
+    if [[ -z "$best" ]] || (( e >= min_epochs )); then best=$size; best_epochs=$e; best_rate=$rate; fi
   done
   python3 -c 'import json,sys; print(json.dumps({f.split("-")[-1][:-5]: json.load(open(f)) for f in sys.argv[1:]}, indent=1))' \
     "$GPU_DIR"/bench-*.json > "$out/bench.json"
@@ -133,11 +136,27 @@ remote() {
   # The epoch lines (loss, std, img/s, data wait) without the progress bars.
   grep -a 'INFO' "$GPU_DIR/pretrain.log" | sed 's/.*\] //' >> "$out/log.txt" || true
 
-  # 3. What eval and export need, in pieces: weights, their metadata, the history, the plot.
+  # 3. Fine-tune on the labels: one view per image, about twice pretraining's rate.
+  local ft="$GPU_DIR/ft" ft_rate ft_epochs
+  ft_rate=$(awk -v r="$best_rate" 'BEGIN { print 2 * r }')
+  ft_epochs=$(BUDGET_S=$ft_budget epochs_in_budget "$ft_rate" "$n")
+  ft_epochs=${FT_EPOCHS:-$ft_epochs}
+  say "fine-tuning for $ft_epochs epochs" 2>&1 | tee -a "$out/log.txt"
+  rm -rf "$ft"
+  "$trainer" finetune --run "$run" --config "$config" --data "$GPU_DIR/pack" --device "$device" \
+    --epochs "$ft_epochs" --out "$ft" \
+    2> "$GPU_DIR/finetune.log" | tee -a "$out/log.txt" >&2 \
+    || { tail -n 30 "$GPU_DIR/finetune.log" >&2; die "fine-tuning failed"; }
+  grep -a 'INFO' "$GPU_DIR/finetune.log" | sed 's/.*\] //' >> "$out/log.txt" || true
+
+  # 4. What eval and export need, in pieces: the fine-tuned run's weights and metadata (which
+  # record the pretraining stage), its history and plots, and pretraining's curves.
   local weights
-  weights=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["files"]["weights"])' "$run/checkpoint-last.json")
-  tar -C "$run" -cf "$GPU_DIR/run.tar" checkpoint-last.json "$weights" \
-    metrics.jsonl config.json training.png
+  weights=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["files"]["weights"])' "$ft/checkpoint-last.json")
+  cp "$run/metrics.jsonl" "$ft/pretrain-metrics.jsonl"
+  cp "$run/training.png" "$ft/pretrain-training.png"
+  tar -C "$ft" -cf "$GPU_DIR/run.tar" checkpoint-last.json "$weights" metrics.jsonl \
+    config.json labelled.json finetune.png pretrain-metrics.jsonl pretrain-training.png
   split -b "$PIECE" -d -a 2 "$GPU_DIR/run.tar" "$out/run.tar.part-"
   (cd "$out" && sha256sum run.tar.part-* > SHA256SUMS)
   (cd "$GPU_DIR" && sha256sum run.tar) >> "$out/SHA256SUMS"
@@ -145,7 +164,7 @@ remote() {
 }
 
 fetch() {
-  local from=${1:?usage: scripts/gpu-pretrain.sh fetch DIR [RUN]} name=${2:-gpu-h200}
+  local from=${1:?usage: scripts/gpu-pretrain.sh fetch DIR [RUN]} name=${2:-gpu}
   local run="runs/$name"
   (cd "$from" && sha256sum -c --quiet <(grep 'run.tar.part-' SHA256SUMS)) || die "a piece does not match SHA256SUMS"
   mkdir -p "$run"
@@ -160,6 +179,7 @@ fetch() {
   say "checked and unpacked into $run; next, here:"
   say "  target/release/trainer eval --run $run --data $DATA"
   say "  target/release/trainer export --run $run --data $DATA --out models/<name> --fp16"
+  say "  target/release/trainer gallery --model models/<name> --data $DATA --split train --max-per-breed 15"
 }
 
 dry_run() {
@@ -167,7 +187,7 @@ dry_run() {
   tmp=$(mktemp -d)
   BREEDS=${BREEDS:-3} prepare
   OUT="$tmp/out" DEVICE=cpu SIZES="${SIZES:-32 48}" BATCH=16 PRECISION=fp32 EPOCHS=1 \
-    BENCH_STEPS=2 BREEDS=${BREEDS:-3} remote
+    FT_EPOCHS=1 SIMSIAM_FINETUNE__BATCH=16 BENCH_STEPS=2 BREEDS=${BREEDS:-3} remote
   ls -la "$tmp/out" >&2
   fetch "$tmp/out" gpu-dry-run
   target/release/trainer eval --run runs/gpu-dry-run --data "$DATA" --breeds "${BREEDS:-3}" --threads 2 \

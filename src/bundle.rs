@@ -124,12 +124,44 @@ pub struct TrainingSummary {
     pub device: Option<String>,
     #[serde(default)]
     pub image_size: Option<u32>,
-    /// Pretraining time summed over epochs (all invocations of a resumed run).
+    /// Training time summed over epochs and stages (all invocations of resumed runs).
     #[serde(default)]
     pub wall_seconds: Option<f64>,
-    /// Mean pretraining throughput, images per second.
+    /// Mean training throughput of the last stage, images per second.
     #[serde(default)]
     pub img_per_s: Option<f64>,
+    /// Every stage that made the encoder, in order: SimSiam pretraining, then supervised
+    /// fine-tuning when there was one. Absent from bundles written before fine-tuning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSummary>,
+    /// Which classifier ships as `probe.json` and why (fine-tuned runs: the fine-tuning
+    /// head or a probe refitted on the frozen features, the better on validation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<String>,
+}
+
+/// One training stage of a bundle's encoder.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageSummary {
+    /// `pretrain` (SimSiam, no labels) or `finetune` (cross-entropy on labels).
+    pub stage: String,
+    /// The recipe in one line: backbone, size, batch, learning rates, regularisation.
+    pub recipe: String,
+    /// Epochs completed.
+    pub epochs: usize,
+    /// Training time summed over epochs (all invocations of a resumed run).
+    pub wall_seconds: f64,
+    /// Mean training throughput, images per second.
+    pub img_per_s: f64,
+    /// Where it trained, e.g. `cpu: AMD EPYC, 2 threads`.
+    pub device: String,
+    pub image_size: u32,
+    /// Fine-tuning: labelled images per breed (absent: all but the validation slice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_per_breed: Option<usize>,
+    /// Fine-tuning: where the encoder's weights came from (`pretrained encoder`, `random`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -35,6 +35,37 @@ pub struct CheckpointMeta {
     /// The tensor files (set by [`save`]; absent from checkpoints written before).
     #[serde(default)]
     pub files: Option<CheckpointFiles>,
+    /// Which command wrote it (absent: `pretrain`, from before fine-tuning existed).
+    #[serde(default)]
+    pub stage: Stage,
+    /// The stages that made the encoder this run started from (a fine-tuning's pretraining).
+    #[serde(default)]
+    pub stages: Vec<simsiam::bundle::StageSummary>,
+    /// Fine-tuning: the head's top-1 on the validation slice, at this and the best epoch.
+    #[serde(default)]
+    pub val_top1: Option<f64>,
+    #[serde(default)]
+    pub best_val_top1: Option<f64>,
+}
+
+/// The training stage a run belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// SimSiam, without labels (`trainer pretrain`).
+    #[default]
+    Pretrain,
+    /// Cross-entropy on labels (`trainer finetune`).
+    Finetune,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Pretrain => "pretrain",
+            Stage::Finetune => "finetune",
+        }
+    }
 }
 
 /// The tensor files a checkpoint's JSON names, relative to the run directory.
@@ -156,6 +187,11 @@ fn remove_unnamed(dir: &Path) -> Result<(), TrainError> {
         }
     }
     Ok(())
+}
+
+/// The weights file of checkpoint `meta` (`tag` of `dir`).
+pub fn weights_file(dir: &Path, tag: &str, meta: &CheckpointMeta) -> PathBuf {
+    files(dir, tag, meta).0
 }
 
 /// Reads `dir/<tag>.json`.

@@ -184,6 +184,60 @@ impl Default for RunConfig {
     }
 }
 
+/// The supervised stage after pretraining (`trainer finetune`): the whole encoder plus a
+/// linear breed head, trained with cross-entropy on the training split's labels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    /// Peak learning rate of the breed head (absolute, not scaled by the batch).
+    pub head_lr: f64,
+    /// Peak learning rate of the backbone: smaller than the head's, so pretrained
+    /// features are adjusted rather than overwritten in the first steps.
+    pub backbone_lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Linear warm-up epochs before the cosine decay (both by step).
+    pub warmup_epochs: usize,
+    /// Cross-entropy label smoothing (0 = none).
+    pub label_smoothing: f64,
+    /// Fraction of every breed's training images held out as the validation slice.
+    pub val_fraction: f64,
+    /// Labelled images per breed to fine-tune on (seeded; absent = all but validation).
+    pub labels_per_breed: Option<usize>,
+    /// RandomResizedCrop's smallest area fraction.
+    pub crop_scale_min: f32,
+    /// Colour jitter strength (brightness, contrast, saturation; hue a quarter), p = 0.8.
+    pub color_jitter: f32,
+    /// Probability of showing a view zoomed out: shrunk onto a padded canvas, as a dog
+    /// that fills only part of a user's full-frame photo.
+    pub zoom_out_p: f32,
+    /// Smallest width of a zoomed-out view's image, as a fraction of the canvas.
+    pub zoom_out_min: f32,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 20,
+            batch: 64,
+            head_lr: 0.05,
+            backbone_lr: 0.025,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 1,
+            label_smoothing: 0.1,
+            val_fraction: 0.1,
+            labels_per_breed: None,
+            crop_scale_min: 0.25,
+            color_jitter: 0.3,
+            zoom_out_p: 0.3,
+            zoom_out_min: 0.4,
+        }
+    }
+}
+
 /// Switches for experiments that break the method on purpose.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -203,6 +257,7 @@ pub struct TrainConfig {
     pub monitor: MonitorConfig,
     pub run: RunConfig,
     pub debug: DebugConfig,
+    pub finetune: FinetuneConfig,
 }
 
 /// The trainer's `SIMSIAM_*` environment variables: all of them except the server's
@@ -248,6 +303,8 @@ impl TrainConfig {
     /// Checks ranges that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let (d, m, o, mon) = (&self.data, &self.model, &self.optim, &self.monitor);
+        let f = &self.finetune;
+        let lr = |v: f64| v >= 0.0 && v.is_finite();
         // (key, the value is fine, what it must be)
         let rules = [
             (
@@ -307,6 +364,72 @@ impl TrainConfig {
                 "optim.warmup_epochs",
                 o.warmup_epochs < o.epochs,
                 "must be smaller than optim.epochs",
+            ),
+            ("finetune.epochs", f.epochs > 0, "must be at least 1"),
+            (
+                "finetune.batch",
+                f.batch >= 2,
+                "must be at least 2 (batch norm needs two samples)",
+            ),
+            (
+                "finetune.head_lr",
+                lr(f.head_lr) && f.head_lr > 0.0,
+                "must be a positive number",
+            ),
+            (
+                "finetune.backbone_lr",
+                lr(f.backbone_lr),
+                "must be a number >= 0 (0 freezes the backbone's weights)",
+            ),
+            (
+                "finetune.momentum",
+                (0.0..1.0).contains(&f.momentum),
+                "must be in [0, 1)",
+            ),
+            (
+                "finetune.weight_decay",
+                lr(f.weight_decay),
+                "must not be negative",
+            ),
+            (
+                "finetune.warmup_epochs",
+                f.warmup_epochs < f.epochs,
+                "must be smaller than finetune.epochs",
+            ),
+            (
+                "finetune.label_smoothing",
+                (0.0..1.0).contains(&f.label_smoothing),
+                "must be in [0, 1)",
+            ),
+            (
+                "finetune.val_fraction",
+                (0.0..0.9).contains(&f.val_fraction),
+                "must be in [0, 0.9)",
+            ),
+            (
+                "finetune.labels_per_breed",
+                f.labels_per_breed != Some(0),
+                "must be at least 1",
+            ),
+            (
+                "finetune.crop_scale_min",
+                f.crop_scale_min > 0.0 && f.crop_scale_min <= 1.0,
+                "must be in (0, 1]",
+            ),
+            (
+                "finetune.color_jitter",
+                (0.0..=1.0).contains(&f.color_jitter),
+                "must be in [0, 1]",
+            ),
+            (
+                "finetune.zoom_out_p",
+                (0.0..=1.0).contains(&f.zoom_out_p),
+                "must be in [0, 1]",
+            ),
+            (
+                "finetune.zoom_out_min",
+                f.zoom_out_min > 0.0 && f.zoom_out_min <= 1.0,
+                "must be in (0, 1]",
             ),
             ("monitor.knn_k", mon.knn_k > 0, "must be at least 1"),
             (

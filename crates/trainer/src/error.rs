@@ -79,6 +79,14 @@ pub enum TrainError {
     Report(#[from] crate::report::ReportError),
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    #[error("--labels-per-breed {asked}: breed {class} has only {available} training images outside the validation slice")]
+    LabelsPerBreed {
+        asked: usize,
+        class: String,
+        available: usize,
+    },
+    #[error("--labels-per-breed must be at least 1")]
+    NoLabels,
     #[error("only {found} usable training images, fewer than one batch of {batch}")]
     TooFewImages { found: usize, batch: usize },
     #[error("cannot start a worker thread: {0}")]

@@ -2,17 +2,24 @@
 //! linear probe on backbone features, for the trained encoder and for a randomly
 //! initialised one of the same architecture, so every figure has its baseline beside it.
 //!
+//! The probe is fitted on, and the kNN bank holds, the labelled training images: all but
+//! the validation slice, or `--labels-per-breed N` of each breed (see [`crate::labelled`]).
+//! On a fine-tuned run, the fine-tuning head and a refitted probe are compared on the
+//! validation slice and the better one ships.
+//!
 //! Writes into the run directory: `eval.json`, `eval.md`, `confusion.png`,
-//! `knn_curve.png` and `probe.json` (the breed classifier the bundle ships). Features are
-//! cached in `features-<encoder>.safetensors`, keyed by checkpoint and data settings, so
-//! a second evaluation does not embed the images again.
+//! `knn_curve.png` (pretraining runs) and `probe.json` (the breed classifier the bundle
+//! ships); with `--zoom-out F`, only `eval-zoom<F>.json` and `.md`, measured on test images
+//! zoomed out. Features are cached in `features-<encoder>.safetensors`, keyed by
+//! checkpoint and data settings, so a second evaluation does not embed the images again.
 
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::checkpoint::{self, CheckpointMeta, Stage};
 use crate::config::TrainConfig;
 use crate::knn;
+use crate::labelled::{self, LabelledSplit};
 use crate::pretrain::{eval_transform, load_data, RunData};
 use crate::probe_fit::{self, ProbeFitConfig};
-use crate::report::{self, ClassRow, EncoderScores, EvalReport};
+use crate::report::{self, ClassRow, ClassifierChoice, EncoderScores, EvalReport};
 use crate::session::{self, Session};
 use crate::TrainError;
 use serde::{Deserialize, Serialize};
@@ -40,7 +47,22 @@ struct CacheKey {
     resize: u32,
     n_train: usize,
     n_test: usize,
+    #[serde(default)]
+    zoom_out: Option<f32>,
 }
+
+/// Options of one evaluation that are not part of the run's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct EvalOptions {
+    /// Labelled images per breed for the probe and the kNN bank (default: the run's
+    /// fine-tuning setting, else all but the validation slice).
+    pub labels_per_breed: Option<usize>,
+    /// Measure on test images zoomed out to this fraction of the frame's width.
+    pub zoom_out: Option<f32>,
+}
+
+/// The grey of a zoomed-out test image's canvas: the ImageNet mean colour.
+const ZOOM_FILL: image::Rgb<u8> = image::Rgb([124, 116, 104]);
 
 fn cached_features(
     run: &Path,
@@ -125,16 +147,47 @@ fn argmax(scores: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
+/// Rows `idx` of a row-major matrix of width `dim`.
+fn rows(x: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied())
+        .collect()
+}
+
+/// The labelled training features and the test features, with their labels.
+pub struct Labelled<'a> {
+    pub features: Features,
+    pub train_labels: Vec<usize>,
+    pub test_labels: &'a [usize],
+    pub classes: &'a [String],
+}
+
+impl<'a> Labelled<'a> {
+    /// The training rows of `split.train` and every test row of `f`.
+    fn new(f: &Features, data: &'a RunData, split: &LabelledSplit) -> Self {
+        Self {
+            features: Features {
+                dim: f.dim,
+                train: rows(&f.train, f.dim, &split.train),
+                test: f.test.clone(),
+            },
+            train_labels: split.train.iter().map(|&i| data.train.labels[i]).collect(),
+            test_labels: &data.test.labels,
+            classes: &data.classes,
+        }
+    }
+}
+
 /// kNN (k = 20, 200) and the linear probe on one set of features.
 pub fn score(
-    f: &Features,
-    data: &RunData,
+    l: &Labelled,
     cfg: &TrainConfig,
     fit_cfg: &ProbeFitConfig,
     device: Device,
 ) -> Result<Scored, TrainError> {
-    let (classes, dim) = (data.classes.len(), f.dim);
-    let (ytr, yte) = (&data.train.labels, &data.test.labels);
+    let f = &l.features;
+    let (classes, dim) = (l.classes.len(), f.dim);
+    let (ytr, yte) = (&l.train_labels[..], l.test_labels);
     let t = cfg.monitor.knn_temperature as f32;
     let (mut bank, mut queries) = (f.train.clone(), f.test.clone());
     knn::l2_normalize_rows(&mut bank, dim);
@@ -145,16 +198,8 @@ pub fn score(
     let knn_pred: Vec<usize> = knn20.iter().map(|s| argmax(s)).collect();
     let (knn_class_acc, _) = per_class(&knn_pred, yte, classes);
 
-    let fit = probe_fit::fit(&f.train, ytr, dim, &data.classes, fit_cfg, device);
-    let probs: Vec<Vec<f32>> = f
-        .test
-        .chunks(dim)
-        .map(|x| fit.probe.probabilities(x))
-        .collect::<Result<_, _>>()
-        .map_err(|source| TrainError::Probe {
-            path: "the probe being fitted".into(),
-            source,
-        })?;
+    let fit = probe_fit::fit(&f.train, ytr, dim, l.classes, fit_cfg, device);
+    let probs = probabilities(&fit.probe, &f.test)?;
     let probe_acc = knn::accuracy(&probs, yte);
     let pred: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
     let (probe_class_acc, confusion) = per_class(&pred, yte, classes);
@@ -178,11 +223,41 @@ pub fn score(
     })
 }
 
+/// Probabilities of `probe` for every row of `features`.
+fn probabilities(probe: &LinearProbe, features: &[f32]) -> Result<Vec<Vec<f32>>, TrainError> {
+    features
+        .chunks(probe.feature_dim.max(1))
+        .map(|x| probe.probabilities(x))
+        .collect::<Result<_, _>>()
+        .map_err(|source| TrainError::Probe {
+            path: "the probe being evaluated".into(),
+            source,
+        })
+}
+
 /// Evaluates checkpoint `tag` of the run in `run` (with `cfg`, the run's configuration
 /// updated by command-line overrides) and writes the report files.
-pub fn evaluate(run: &Path, tag: &str, cfg: &TrainConfig) -> Result<EvalReport, TrainError> {
+pub fn evaluate(
+    run: &Path,
+    tag: &str,
+    cfg: &TrainConfig,
+    opts: &EvalOptions,
+) -> Result<EvalReport, TrainError> {
     let device = session::device(cfg)?;
-    let data = load_data(cfg)?;
+    let mut data = load_data(cfg)?;
+    if let Some(z) = opts.zoom_out {
+        for img in &mut data.test.images {
+            *img = crate::augment::zoomed_out(img, z, ZOOM_FILL);
+        }
+    }
+    let per_breed = opts.labels_per_breed.or(cfg.finetune.labels_per_breed);
+    let split = labelled::split(
+        &data.train.labels,
+        &data.classes,
+        cfg.run.seed,
+        cfg.finetune.val_fraction,
+        per_breed,
+    )?;
     let fit_cfg = ProbeFitConfig {
         seed: cfg.run.seed,
         ..Default::default()
@@ -195,25 +270,101 @@ pub fn evaluate(run: &Path, tag: &str, cfg: &TrainConfig) -> Result<EvalReport, 
         meta.epoch,
         meta.step
     );
-    let key = cache_key(cfg, &data, "trained", meta.step);
+    let key = cache_key(cfg, &data, "trained", meta.step, opts.zoom_out);
     let f = cached_features(run, &key, &trained, cfg, &data)?;
     drop(trained);
-    let ours = score(&f, &data, cfg, &fit_cfg, device)?;
+    let mut ours = score(&Labelled::new(&f, &data, &split), cfg, &fit_cfg, device)?;
+    let classifier = match meta.stage {
+        Stage::Finetune => Some(choose_classifier(
+            run, tag, &meta, &f, &data, &split, &mut ours,
+        )?),
+        Stage::Pretrain => None,
+    };
     let random = Session::new(cfg, device);
-    let f = cached_features(
-        run,
-        &cache_key(cfg, &data, "random", 0),
-        &random,
-        cfg,
-        &data,
-    )?;
-    let base = score(&f, &data, cfg, &fit_cfg, device)?;
-    let report = eval_report(run, tag, &meta, cfg, &data, &ours, &base);
-    write_reports(run, &report, &ours, &base, &data)?;
+    let key = cache_key(cfg, &data, "random", 0, opts.zoom_out);
+    let f = cached_features(run, &key, &random, cfg, &data)?;
+    let base = score(&Labelled::new(&f, &data, &split), cfg, &fit_cfg, device)?;
+    let mut report = eval_report(run, tag, &meta, cfg, &data, &ours, &base);
+    report.labels_per_breed = per_breed;
+    report.n_train = split.train.len();
+    report.zoom_out = opts.zoom_out;
+    report.classifier = classifier;
+    match opts.zoom_out {
+        Some(z) => {
+            let stem = run.join(format!("eval-zoom{:.0}", z * 100.0));
+            report::write_json(&report, &stem.with_extension("json"))?;
+            report::write_markdown(&report, &stem.with_extension("md"))?;
+        }
+        None => write_reports(run, &report, &meta, &ours, &base, &data)?,
+    }
     Ok(report)
 }
 
-fn cache_key(cfg: &TrainConfig, data: &RunData, encoder: &str, step: usize) -> CacheKey {
+/// Compares a fine-tuned run's head with the probe refitted on its frozen features, on
+/// the validation slice; the better one becomes `ours.probe`, and its test figures the
+/// probe's scores. Returns both sets of figures.
+fn choose_classifier(
+    run: &Path,
+    tag: &str,
+    meta: &CheckpointMeta,
+    f: &Features,
+    data: &RunData,
+    split: &LabelledSplit,
+    ours: &mut Scored,
+) -> Result<ClassifierChoice, TrainError> {
+    let head = crate::finetune::head_probe(run, tag, meta)?;
+    let val_x = rows(&f.train, f.dim, &split.val);
+    let val_y: Vec<usize> = split.val.iter().map(|&i| data.train.labels[i]).collect();
+    let top1 = |p: &LinearProbe, x: &[f32], y: &[usize]| -> Result<(f64, f64), TrainError> {
+        let a = knn::accuracy(&probabilities(p, x)?, y);
+        Ok((a.top1, a.top5))
+    };
+    let (head_val, _) = top1(&head, &val_x, &val_y)?;
+    let (refit_val, _) = top1(&ours.probe, &val_x, &val_y)?;
+    let (head_t1, head_t5) = top1(&head, &f.test, &data.test.labels)?;
+    let choice = ClassifierChoice {
+        head_val_top1: head_val,
+        refit_val_top1: refit_val,
+        head_test_top1: head_t1,
+        head_test_top5: head_t5,
+        refit_test_top1: ours.scores.probe_top1,
+        refit_test_top5: ours.scores.probe_top5,
+        shipped: if head_val > refit_val {
+            "fine-tuning head"
+        } else {
+            "refitted probe"
+        }
+        .into(),
+    };
+    log::info!(
+        "validation top-1: fine-tuning head {:.2}%, refitted probe {:.2}%; shipping the {}",
+        head_val * 100.0,
+        refit_val * 100.0,
+        choice.shipped
+    );
+    if head_val > refit_val {
+        let probs = probabilities(&head, &f.test)?;
+        let pred: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
+        let (class_acc, confusion) = per_class(&pred, &data.test.labels, data.classes.len());
+        ours.scores.probe_top1 = head_t1;
+        ours.scores.probe_top5 = head_t5;
+        ours.scores.probe_val_top1 = head_val;
+        ours.scores.probe_weight_decay = head.weight_decay;
+        ours.scores.probe_epochs = head.epochs;
+        ours.probe_class_acc = class_acc;
+        ours.confusion = confusion;
+        ours.probe = head;
+    }
+    Ok(choice)
+}
+
+fn cache_key(
+    cfg: &TrainConfig,
+    data: &RunData,
+    encoder: &str,
+    step: usize,
+    zoom_out: Option<f32>,
+) -> CacheKey {
     CacheKey {
         encoder: encoder.into(),
         step,
@@ -230,6 +381,7 @@ fn cache_key(cfg: &TrainConfig, data: &RunData, encoder: &str, step: usize) -> C
         resize: cfg.cache_side(),
         n_train: data.train.images.len(),
         n_test: data.test.images.len(),
+        zoom_out,
     }
 }
 
@@ -265,6 +417,9 @@ fn eval_report(
         trained: ours.scores.clone(),
         random_init: base.scores.clone(),
         per_class,
+        labels_per_breed: None,
+        zoom_out: None,
+        classifier: None,
     }
 }
 
@@ -272,6 +427,7 @@ fn eval_report(
 fn write_reports(
     run: &Path,
     report: &EvalReport,
+    meta: &CheckpointMeta,
     ours: &Scored,
     base: &Scored,
     data: &RunData,
@@ -284,12 +440,15 @@ fn write_reports(
         "linear probe: test confusion (row-normalised)",
         &run.join("confusion.png"),
     )?;
-    let history = crate::history::read(&run.join("metrics.jsonl"))?;
-    report::knn_curve_png(
-        &history,
-        Some(base.scores.knn_top1),
-        &run.join("knn_curve.png"),
-    )?;
+    // A fine-tuning run's curves are in finetune.png; it has no kNN monitor.
+    if meta.stage == Stage::Pretrain {
+        let history = crate::history::read(&run.join("metrics.jsonl"))?;
+        report::knn_curve_png(
+            &history,
+            Some(base.scores.knn_top1),
+            &run.join("knn_curve.png"),
+        )?;
+    }
     let probe = run.join(simsiam::bundle::PROBE);
     ours.probe.save(&probe).map_err(|source| TrainError::Probe {
         path: probe.clone(),

@@ -8,7 +8,6 @@
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::TrainConfig;
 use crate::data;
-use crate::history::EpochMetrics;
 use crate::pretrain::eval_transform;
 use crate::report::EvalReport;
 use crate::session::{self, Session};
@@ -131,12 +130,6 @@ fn manifest(
     let eval: Option<EvalReport> = std::fs::read_to_string(run.join("eval.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
-    // The epochs up to the exported checkpoint (a missing history leaves the figures out).
-    let history: Vec<EpochMetrics> = crate::history::read(&run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.epoch <= meta.epoch)
-        .collect();
     let info = &written.info;
     Manifest {
         format_version: 1,
@@ -160,17 +153,19 @@ fn manifest(
             parity_max_abs_diff: written.parity,
         },
         classes: probe.classes.clone(),
-        training: training_summary(cfg, meta, eval.as_ref(), &history),
+        training: training_summary(run, cfg, meta, eval.as_ref()),
         files: Default::default(),
     }
 }
 
 fn training_summary(
+    run: &Path,
     cfg: &TrainConfig,
     meta: &CheckpointMeta,
     eval: Option<&EvalReport>,
-    history: &[EpochMetrics],
 ) -> TrainingSummary {
+    // Every stage up to the exported checkpoint (a missing history leaves its figures 0).
+    let stages = crate::finetune::run_stages(run, meta);
     TrainingSummary {
         dataset: cfg
             .data
@@ -192,8 +187,17 @@ fn training_summary(
         random_init_probe_top5: eval.map(|e| e.random_init.probe_top5),
         device: Some(meta.device.clone()).filter(|d| !d.is_empty()),
         image_size: Some(cfg.data.image_size),
-        wall_seconds: Some(history.iter().map(|m| m.epoch_seconds).sum()),
-        img_per_s: Some(crate::pretrain::mean_rate(history)).filter(|r| *r > 0.0),
+        wall_seconds: Some(stages.iter().map(|s| s.wall_seconds).sum()),
+        img_per_s: stages.last().map(|s| s.img_per_s).filter(|r| *r > 0.0),
+        stages,
+        classifier: eval.and_then(|e| e.classifier.as_ref()).map(|c| {
+            format!(
+                "{} (validation top-1: fine-tuning head {:.1}%, refitted probe {:.1}%)",
+                c.shipped,
+                c.head_val_top1 * 100.0,
+                c.refit_val_top1 * 100.0
+            )
+        }),
     }
 }
 

@@ -1,9 +1,10 @@
 //! A run's history: per-epoch training metrics, one JSON object per line in
-//! `metrics.jsonl`.
+//! `metrics.jsonl` ([`EpochMetrics`] for pretraining, [`FinetuneMetrics`] for fine-tuning).
 //!
 //! JSON lines survive a crash mid-run (every line is complete on its own) and are easy
 //! to read from any tool; `--resume` truncates the file back to the resumed epoch.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -38,6 +39,56 @@ pub struct EpochMetrics {
     pub collapse_alarm: bool,
 }
 
+/// One epoch of a fine-tuning run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    pub step: usize,
+    /// Mean training cross-entropy (with label smoothing) over the epoch's steps.
+    pub loss: f64,
+    /// Top-1 on the epoch's augmented training views.
+    pub train_top1: f64,
+    /// Cross-entropy and top-1 of the head on the validation slice (no augmentation).
+    pub val_loss: f64,
+    pub val_top1: f64,
+    /// Learning rates at the epoch's last step (the schedule moves every step).
+    pub backbone_lr: f64,
+    pub head_lr: f64,
+    pub img_per_s: f64,
+    pub epoch_seconds: f64,
+    pub data_wait: f64,
+}
+
+/// A line of `metrics.jsonl`.
+pub trait Record: Serialize + DeserializeOwned {
+    fn epoch(&self) -> usize;
+}
+
+impl Record for EpochMetrics {
+    fn epoch(&self) -> usize {
+        self.epoch
+    }
+}
+
+impl Record for FinetuneMetrics {
+    fn epoch(&self) -> usize {
+        self.epoch
+    }
+}
+
+/// Images per second over epochs given as `(images/s, seconds)`, weighted by time.
+pub fn mean_rate(epochs: impl IntoIterator<Item = (f64, f64)>) -> f64 {
+    let (imgs, secs) = epochs.into_iter().fold((0.0, 0.0), |(i, s), (rate, secs)| {
+        (i + rate * secs, s + secs)
+    });
+    if secs > 0.0 {
+        imgs / secs
+    } else {
+        0.0
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("{path}: {source}")]
@@ -65,7 +116,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
 /// A last line without its newline is what a process killed mid-append leaves: when it
 /// does not parse it is dropped with a warning (the epoch is trained again on resume). A
 /// bad line anywhere else is an error.
-pub fn read(path: &Path) -> Result<Vec<EpochMetrics>, HistoryError> {
+pub fn read<R: Record>(path: &Path) -> Result<Vec<R>, HistoryError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -103,10 +154,10 @@ pub struct MetricsWriter {
 impl MetricsWriter {
     /// Opens `path` keeping the records of epochs `<= keep_through` (resume) and dropping
     /// any later ones, which a resumed run will write again.
-    pub fn open(path: &Path, keep_through: usize) -> Result<Self, HistoryError> {
-        let kept: String = read(path)?
+    pub fn open<R: Record>(path: &Path, keep_through: usize) -> Result<Self, HistoryError> {
+        let kept: String = read::<R>(path)?
             .into_iter()
-            .filter(|m| m.epoch <= keep_through)
+            .filter(|m| m.epoch() <= keep_through)
             .map(|m| serde_json::to_string(&m).expect("metrics serialise") + "\n")
             .collect();
         // Replaced atomically: a process killed here keeps the old history, never none.
@@ -122,7 +173,7 @@ impl MetricsWriter {
         })
     }
 
-    pub fn append(&mut self, m: &EpochMetrics) -> Result<(), HistoryError> {
+    pub fn append(&mut self, m: &impl Record) -> Result<(), HistoryError> {
         let line = serde_json::to_string(m).expect("metrics serialise");
         writeln!(self.file, "{line}")
             .and_then(|_| self.file.flush())
@@ -155,19 +206,22 @@ mod tests {
     fn round_trips_and_truncates_on_resume() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("metrics.jsonl");
-        let mut w = MetricsWriter::open(&path, 0).expect("open");
+        let mut w = MetricsWriter::open::<EpochMetrics>(&path, 0).expect("open");
         for e in 1..=3 {
             w.append(&rec(e, (e == 2).then_some(0.25))).expect("append");
         }
         drop(w);
         assert_eq!(
-            read(&path).expect("read"),
+            read::<EpochMetrics>(&path).expect("read"),
             vec![rec(1, None), rec(2, Some(0.25)), rec(3, None)]
         );
-        let mut w = MetricsWriter::open(&path, 2).expect("reopen");
+        let mut w = MetricsWriter::open::<EpochMetrics>(&path, 2).expect("reopen");
         w.append(&rec(3, Some(0.3))).expect("append");
-        assert_eq!(read(&path).expect("read")[2], rec(3, Some(0.3)));
-        assert_eq!(read(&path).expect("read").len(), 3);
+        assert_eq!(
+            read::<EpochMetrics>(&path).expect("read")[2],
+            rec(3, Some(0.3))
+        );
+        assert_eq!(read::<EpochMetrics>(&path).expect("read").len(), 3);
     }
 
     #[test]
@@ -177,12 +231,18 @@ mod tests {
         let whole = serde_json::to_string(&rec(1, None)).expect("json");
         let next = serde_json::to_string(&rec(2, None)).expect("json");
         std::fs::write(&path, format!("{whole}\n{}", &next[..20])).expect("write");
-        assert_eq!(read(&path).expect("read"), vec![rec(1, None)]);
-        let mut w = MetricsWriter::open(&path, 1).expect("resume");
+        assert_eq!(
+            read::<EpochMetrics>(&path).expect("read"),
+            vec![rec(1, None)]
+        );
+        let mut w = MetricsWriter::open::<EpochMetrics>(&path, 1).expect("resume");
         w.append(&rec(2, None)).expect("append");
-        assert_eq!(read(&path).expect("read"), vec![rec(1, None), rec(2, None)]);
+        assert_eq!(
+            read::<EpochMetrics>(&path).expect("read"),
+            vec![rec(1, None), rec(2, None)]
+        );
         std::fs::write(&path, format!("{}\n{whole}\n", &next[..20])).expect("write");
-        let err = read(&path).unwrap_err().to_string();
+        let err = read::<EpochMetrics>(&path).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
     }
 }

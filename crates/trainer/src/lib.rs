@@ -12,6 +12,7 @@
 //! | command | module |
 //! |---|---|
 //! | `trainer pretrain` | [`pretrain`] (with [`session`], [`model`], [`loss`], [`loader`], [`augment`], [`checkpoint`]) |
+//! | `trainer finetune` | [`finetune`] (with [`labelled`]) |
 //! | `trainer eval` | [`eval`] (with [`knn`], [`probe_fit`], [`report`]) |
 //! | `trainer export` | [`export`] |
 //! | `trainer gallery` | [`seed_gallery`] |
@@ -37,8 +38,10 @@ pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod export;
+pub mod finetune;
 pub mod history;
 pub mod knn;
+pub mod labelled;
 pub mod loader;
 pub mod loss;
 pub mod model;

@@ -61,21 +61,40 @@ pub fn make_batch(
     }
 }
 
-/// Iterator over one epoch's batches, fed by worker threads.
-pub struct EpochLoader {
-    receivers: Vec<Receiver<ViewBatch>>,
+/// Iterator over one epoch's batches (two-view batches unless another `B` is made),
+/// fed by worker threads.
+pub struct EpochLoader<B = ViewBatch> {
+    receivers: Vec<Receiver<B>>,
     workers: Vec<JoinHandle<()>>,
     next: usize,
     total: usize,
 }
 
-impl EpochLoader {
+/// What a worker runs on each batch's image indices.
+pub type MakeBatch<B> = Arc<dyn Fn(&[usize]) -> B + Send + Sync>;
+
+impl EpochLoader<ViewBatch> {
+    /// SimSiam's loader: two augmented views of every image of each batch.
     pub fn spawn(
         images: Arc<Vec<RgbImage>>,
         batches: Vec<Vec<usize>>,
         aug: Arc<AugmentConfig>,
         seed: u64,
         epoch: usize,
+        workers: usize,
+        prefetch: usize,
+    ) -> std::io::Result<Self> {
+        let make: MakeBatch<ViewBatch> =
+            Arc::new(move |b: &[usize]| make_batch(&images, b, &aug, seed, epoch));
+        Self::spawn_with(batches, make, workers, prefetch)
+    }
+}
+
+impl<B: Send + 'static> EpochLoader<B> {
+    /// `workers` threads run `make` on the listed batches, at most `prefetch` ahead.
+    pub fn spawn_with(
+        batches: Vec<Vec<usize>>,
+        make: MakeBatch<B>,
         workers: usize,
         prefetch: usize,
     ) -> std::io::Result<Self> {
@@ -86,12 +105,12 @@ impl EpochLoader {
         let (receivers, handles) = (0..workers)
             .map(|w| {
                 let (tx, rx) = sync_channel(per_worker);
-                let (images, batches, aug) = (images.clone(), batches.clone(), aug.clone());
+                let (batches, make) = (batches.clone(), make.clone());
                 let handle = std::thread::Builder::new()
                     .name(format!("augment-{w}"))
                     .spawn(move || {
                         for b in batches.iter().skip(w).step_by(workers) {
-                            if tx.send(make_batch(&images, b, &aug, seed, epoch)).is_err() {
+                            if tx.send(make(b)).is_err() {
                                 return; // consumer stopped early
                             }
                         }
@@ -119,10 +138,10 @@ impl EpochLoader {
     }
 }
 
-impl Iterator for EpochLoader {
-    type Item = ViewBatch;
+impl<B> Iterator for EpochLoader<B> {
+    type Item = B;
 
-    fn next(&mut self) -> Option<ViewBatch> {
+    fn next(&mut self) -> Option<B> {
         if self.next >= self.total {
             return None;
         }
@@ -132,7 +151,7 @@ impl Iterator for EpochLoader {
     }
 }
 
-impl Drop for EpochLoader {
+impl<B> Drop for EpochLoader<B> {
     fn drop(&mut self) {
         self.receivers.clear(); // unblocks workers waiting to send
         for w in self.workers.drain(..) {

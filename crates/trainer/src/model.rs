@@ -126,7 +126,7 @@ impl ModuleT for ResNet {
 /// A linear layer initialised as PyTorch's `nn.Linear`: weight and bias uniform in
 /// ±1/√fan_in. tch's default (Kaiming uniform with the ReLU gain) is √6 ≈ 2.4× wider, which
 /// changes how fast the projector and predictor move at the recipe's learning rate.
-fn torch_linear(p: &nn::Path, din: i64, dout: i64, bias: bool) -> nn::Linear {
+pub(crate) fn torch_linear(p: &nn::Path, din: i64, dout: i64, bias: bool) -> nn::Linear {
     let bound = 1.0 / (din as f64).sqrt();
     let uniform = nn::Init::Uniform {
         lo: -bound,

@@ -1,9 +1,11 @@
-//! PNG plots of training curves: loss, projector std against 1/√d, kNN accuracy.
+//! PNG plots of training curves: loss, projector std against 1/√d, kNN accuracy for
+//! pretraining; loss and accuracy on training views and the validation slice for
+//! fine-tuning.
 //!
 //! Drawn with plotters' bitmap backend and a bundled font (DejaVu Sans), so plots look the
 //! same on every machine and need no system font library.
 
-use crate::history::EpochMetrics;
+use crate::history::{EpochMetrics, FinetuneMetrics};
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -32,6 +34,54 @@ pub fn training_curves(metrics: &[EpochMetrics], path: &Path) -> Result<(), Plot
         path: path.display().to_string(),
         message: e.to_string(),
     })
+}
+
+/// Writes a two-panel PNG (loss; top-1, each for training views and validation) to `path`.
+pub fn finetune_curves(metrics: &[FinetuneMetrics], path: &Path) -> Result<(), PlotError> {
+    register_font();
+    draw_finetune(metrics, path).map_err(|e| PlotError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn draw_finetune(metrics: &[FinetuneMetrics], path: &Path) -> DrawResult {
+    let root = BitMapBackend::new(path, (1000, 450)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    let last = metrics.iter().map(|m| m.epoch).max().unwrap_or(1).max(1) as f64;
+    let series = |f: &dyn Fn(&FinetuneMetrics) -> f64| -> Vec<(f64, f64)> {
+        metrics
+            .iter()
+            .map(|m| (m.epoch as f64, f(m)))
+            .filter(|(_, v)| v.is_finite())
+            .collect()
+    };
+    let (loss, val_loss) = (series(&|m| m.loss), series(&|m| m.val_loss));
+    let train = series(&|m| m.train_top1 * 100.0);
+    let val = series(&|m| m.val_top1 * 100.0);
+    panel(
+        &panels[0],
+        "cross-entropy",
+        "loss",
+        last,
+        &[
+            ("train (augmented)", &loss, BLUE),
+            ("validation", &val_loss, RED),
+        ],
+    )?;
+    panel(
+        &panels[1],
+        "top-1 accuracy (%)",
+        "top-1 %",
+        last,
+        &[
+            ("train (augmented)", &train, BLUE),
+            ("validation", &val, RED),
+        ],
+    )?;
+    root.present()?;
+    Ok(())
 }
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
@@ -149,6 +199,29 @@ mod tests {
         training_curves(&metrics, &path).expect("plot");
         let img = image::open(&path).expect("valid png");
         assert_eq!((img.width(), img.height()), (1500, 450));
+        let ft: Vec<_> = (1..=3)
+            .map(|e| FinetuneMetrics {
+                epoch: e,
+                step: e * 5,
+                loss: 4.0 - e as f64,
+                train_top1: 0.1 * e as f64,
+                val_loss: 4.2 - e as f64,
+                val_top1: 0.08 * e as f64,
+                backbone_lr: 0.05,
+                head_lr: 0.1,
+                img_per_s: 60.0,
+                epoch_seconds: 1.0,
+                data_wait: 0.0,
+            })
+            .collect();
+        let ft_path = dir.path().join("finetune.png");
+        finetune_curves(&ft, &ft_path).expect("plot");
+        let ft_img = image::open(&ft_path).expect("valid png").to_rgb8();
+        assert_eq!(ft_img.dimensions(), (1000, 450));
+        assert!(
+            ft_img.pixels().filter(|p| p.0 == [255, 0, 0]).count() > 50,
+            "validation in red"
+        );
         // Not blank: some pixels are coloured.
         let rgb = img.to_rgb8();
         assert!(rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 1000);

@@ -106,12 +106,12 @@ pub fn knn_monitor(
     Ok(acc.top1)
 }
 
-fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), TrainError> {
+pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), TrainError> {
     let text = serde_json::to_string_pretty(value).map_err(TrainError::json(path))?;
     std::fs::write(path, text).map_err(TrainError::io(path))
 }
 
-fn epoch_bar(epoch: usize, epochs: usize, len: usize) -> ProgressBar {
+pub(crate) fn epoch_bar(epoch: usize, epochs: usize, len: usize) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     let style =
         ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -202,9 +202,9 @@ impl<'c> Run<'c> {
         };
         let history = history::read(&out.join("metrics.jsonl"))?
             .into_iter()
-            .filter(|m| m.epoch <= start)
+            .filter(|m: &EpochMetrics| m.epoch <= start)
             .collect();
-        let writer = MetricsWriter::open(&out.join("metrics.jsonl"), start)?;
+        let writer = MetricsWriter::open::<EpochMetrics>(&out.join("metrics.jsonl"), start)?;
         let epochs = cfg.optim.epochs;
         Ok(Self {
             cfg,
@@ -373,6 +373,10 @@ impl<'c> Run<'c> {
                 .unwrap_or(0),
             device: self.device.clone(),
             files: None,
+            stage: crate::checkpoint::Stage::Pretrain,
+            stages: Vec::new(),
+            val_top1: None,
+            best_val_top1: None,
         };
         checkpoint::save(&self.out, LAST, &self.session, &meta)?;
         if improved || !self.out.join(format!("{BEST}.json")).exists() {
@@ -417,12 +421,5 @@ fn resume(
 
 /// Mean training throughput over the recorded epochs.
 pub fn mean_rate(history: &[EpochMetrics]) -> f64 {
-    let (imgs, secs) = history.iter().fold((0.0, 0.0), |(i, s), m| {
-        (i + m.img_per_s * m.epoch_seconds, s + m.epoch_seconds)
-    });
-    if secs > 0.0 {
-        imgs / secs
-    } else {
-        0.0
-    }
+    history::mean_rate(history.iter().map(|m| (m.img_per_s, m.epoch_seconds)))
 }

@@ -155,7 +155,7 @@ impl Session {
     /// Host CHW floats → a `[n, 3, size, size]` tensor on the device. To a GPU the batch
     /// goes through pinned (page-locked) memory, copied without blocking: the copy overlaps
     /// the kernels already queued, and the next batch is prepared meanwhile.
-    fn input(&self, data: &[f32], n: usize) -> Tensor {
+    pub(crate) fn input(&self, data: &[f32], n: usize) -> Tensor {
         let host = Tensor::from_slice(data).view([n as i64, 3, self.size, self.size]);
         let t = if self.device.is_cuda() {
             host.pin_memory(self.device)
@@ -178,24 +178,35 @@ impl Session {
             self.model.forward_views(&x1, &x2, true)
         });
         let loss = simsiam_loss(&v.p1, &v.p2, &v.z1, &v.z2, self.stop_grad);
-        self.opt.zero_grad();
-        match &mut self.scaler {
-            Some(scaler) => {
-                (&loss * scaler.scale()).backward();
-                let finite = self.opt.unscale(scaler.scale());
-                if scaler.update(finite) {
-                    self.opt.step(lr, predictor_lr);
-                }
-            }
-            None => {
-                loss.backward();
-                self.opt.step(lr, predictor_lr);
-            }
-        }
+        self.backward_and_update(&loss, |opt| opt.step(lr, predictor_lr));
         StepStats {
             loss: loss.double_value(&[]),
             z_std: output_std(&v.z1),
             z_rank: effective_rank(&v.z1),
+        }
+    }
+
+    /// Runs `f` (a forward pass) in the run's precision.
+    pub(crate) fn autocast<T>(&self, f: impl FnOnce() -> T) -> T {
+        amp::autocast(self.device, self.precision, f)
+    }
+
+    /// Backpropagates `loss` (scaled, under float16) and lets `update` step the optimiser,
+    /// unless float16 gradients overflowed (the step is then skipped and the scale lowered).
+    pub(crate) fn backward_and_update(&mut self, loss: &Tensor, update: impl FnOnce(&mut Sgd)) {
+        self.opt.zero_grad();
+        match &mut self.scaler {
+            Some(scaler) => {
+                (loss * scaler.scale()).backward();
+                let finite = self.opt.unscale(scaler.scale());
+                if scaler.update(finite) {
+                    update(&mut self.opt);
+                }
+            }
+            None => {
+                loss.backward();
+                update(&mut self.opt);
+            }
         }
     }
 

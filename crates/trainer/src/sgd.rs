@@ -16,7 +16,6 @@ struct Param {
     name: String,
     value: Tensor,
     momentum: Tensor,
-    predictor: bool,
 }
 
 pub struct Sgd {
@@ -36,7 +35,6 @@ impl Sgd {
         let params = vars
             .into_iter()
             .map(|(name, value)| Param {
-                predictor: name.starts_with(PREDICTOR_PREFIX),
                 momentum: value.zeros_like(),
                 name,
                 value,
@@ -74,6 +72,19 @@ impl Sgd {
     }
 
     pub fn step(&mut self, lr: f64, predictor_lr: f64) {
+        self.step_by_name(|name| {
+            if name.starts_with(PREDICTOR_PREFIX) {
+                predictor_lr
+            } else {
+                lr
+            }
+        });
+    }
+
+    /// One update with the learning rate `lr_of(name)` for each parameter: fine-tuning
+    /// gives the breed head and the backbone their own. Parameters without a gradient
+    /// (not in this step's graph) are left alone, momentum included.
+    pub fn step_by_name(&mut self, lr_of: impl Fn(&str) -> f64) {
         tch::no_grad(|| {
             for p in &mut self.params {
                 let grad = p.value.grad();
@@ -82,8 +93,7 @@ impl Sgd {
                 }
                 let d = grad + &p.value * self.weight_decay;
                 let _ = p.momentum.g_mul_scalar_(self.momentum).g_add_(&d);
-                let lr = if p.predictor { predictor_lr } else { lr };
-                let _ = p.value.g_sub_(&(&p.momentum * lr));
+                let _ = p.value.g_sub_(&(&p.momentum * lr_of(&p.name)));
             }
         });
     }

@@ -60,6 +60,11 @@ pub struct AugmentConfig {
     pub blur_sigma: (f32, f32),
     /// Probability of a horizontal flip.
     pub flip_p: f32,
+    /// Probability of a zoom-out: the crop shrunk onto a canvas of a random colour, as a
+    /// dog that fills only part of a full-frame photo (0: never; SimSiam's recipe).
+    pub zoom_out_p: f32,
+    /// Smallest width of a zoomed-out crop, as a fraction of the view's side.
+    pub zoom_out_min: f32,
     /// Normalisation, as in [`preprocess::normalize_into`].
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -87,8 +92,27 @@ impl AugmentConfig {
             blur_p: if blur { 0.5 } else { 0.0 },
             blur_sigma: (0.1, 2.0),
             flip_p: 0.5,
+            zoom_out_p: 0.0,
+            zoom_out_min: 1.0,
             mean: preprocess::IMAGENET_MEAN,
             std: preprocess::IMAGENET_STD,
+        }
+    }
+
+    /// The supervised fine-tuning recipe of `cfg`: a milder crop and colour jitter than
+    /// SimSiam's (the label, not view agreement, is the signal), no blur, and zoom-outs.
+    pub fn finetune(size: u32, cfg: &crate::config::FinetuneConfig) -> Self {
+        Self {
+            scale: (cfg.crop_scale_min, 1.0),
+            brightness: cfg.color_jitter,
+            contrast: cfg.color_jitter,
+            saturation: cfg.color_jitter,
+            hue: cfg.color_jitter / 4.0,
+            grayscale_p: 0.05,
+            blur_p: 0.0,
+            zoom_out_p: cfg.zoom_out_p,
+            zoom_out_min: cfg.zoom_out_min,
+            ..Self::simsiam(size, false)
         }
     }
 
@@ -118,6 +142,11 @@ impl AugmentConfig {
             (prob(self.grayscale_p), "grayscale_p must lie in [0, 1]"),
             (prob(self.blur_p), "blur_p must lie in [0, 1]"),
             (prob(self.flip_p), "flip_p must lie in [0, 1]"),
+            (prob(self.zoom_out_p), "zoom_out_p must lie in [0, 1]"),
+            (
+                self.zoom_out_min > 0.0 && self.zoom_out_min <= 1.0,
+                "zoom_out_min must lie in (0, 1]",
+            ),
             (
                 range(self.blur_sigma) && self.blur_sigma.1 <= self.size as f32,
                 "blur_sigma must satisfy 0 < lo <= hi <= size",
@@ -151,6 +180,8 @@ pub struct ViewRecord {
     /// The blur's σ, when it was applied.
     pub blur_sigma: Option<f32>,
     pub flipped: bool,
+    /// The zoomed-out crop's width as a fraction of the view, when it was zoomed out.
+    pub zoom_out: Option<f32>,
 }
 
 /// The factors of one colour jitter.
@@ -192,6 +223,18 @@ pub fn view(
 
     let crop = crop_params(img.width(), img.height(), cfg, rng);
     let mut px = ops::resize_region(img, crop, side);
+    // Drawn only when enabled, so SimSiam's views are the same as without the option.
+    let zoom_out = (cfg.zoom_out_p > 0.0 && rng.random::<f32>() < cfg.zoom_out_p).then(|| {
+        let fraction = uniform(rng, (cfg.zoom_out_min, 1.0));
+        let inner = ((side as f32 * fraction).round() as usize).clamp(1, side);
+        let fill: [f32; 3] = [rng.random(), rng.random(), rng.random()];
+        let at = (
+            rng.random_range(0..=side - inner),
+            rng.random_range(0..=side - inner),
+        );
+        px = ops::shrink_onto_canvas(&px, side, inner, at, fill);
+        fraction
+    });
 
     let jitter = (rng.random::<f32>() < cfg.jitter_p).then(|| draw_jitter(cfg, rng));
     if let Some(j) = &jitter {
@@ -224,7 +267,26 @@ pub fn view(
         grayscale,
         blur_sigma,
         flipped,
+        zoom_out,
     }
+}
+
+/// `img` shrunk to `fraction` of its width and height and centred on a canvas of its own
+/// size filled with `fill`: a tight crop of a dog turned into a photo where the dog fills
+/// that fraction of the frame. `trainer eval --zoom-out` measures the model on these.
+pub fn zoomed_out(img: &RgbImage, fraction: f32, fill: image::Rgb<u8>) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let inner = |side: u32| ((side as f32 * fraction).round() as u32).clamp(1, side);
+    let small = image::imageops::resize(
+        img,
+        inner(w),
+        inner(h),
+        image::imageops::FilterType::Triangle,
+    );
+    let mut canvas = RgbImage::from_pixel(w, h, fill);
+    let (x, y) = ((w - small.width()) / 2, (h - small.height()) / 2);
+    image::imageops::replace(&mut canvas, &small, x.into(), y.into());
+    canvas
 }
 
 /// The RNG for view `view` (0 or 1) of sample `index` in `epoch`: derived from the run seed

@@ -52,6 +52,28 @@ fn triangle_taps(len: usize, out: usize, gain: f32) -> Taps {
     }
 }
 
+/// A `side`×`side` view shrunk to `inner`×`inner` and placed at `at` (top-left corner) on
+/// a canvas of colour `fill` (values in [0, 1]).
+pub(super) fn shrink_onto_canvas(
+    px: &[f32],
+    side: usize,
+    inner: usize,
+    at: (usize, usize),
+    fill: [f32; 3],
+) -> Vec<f32> {
+    let bytes = px.iter().map(|v| (v * 255.0 + 0.5) as u8).collect();
+    let Some(img) = RgbImage::from_raw(side as u32, side as u32, bytes) else {
+        return px.to_vec();
+    };
+    let small = resize_region(&img, (0, 0, side as u32, side as u32), inner);
+    let mut canvas: Vec<f32> = fill.iter().copied().cycle().take(side * side * 3).collect();
+    for (row, src) in small.chunks_exact(inner * 3).enumerate() {
+        let start = ((at.1 + row) * side + at.0) * 3;
+        canvas[start..start + inner * 3].copy_from_slice(src);
+    }
+    canvas
+}
+
 /// Resamples the region `(x, y, w, h)` of `img` to `side`×`side`, straight from the source
 /// (no intermediate crop copy), into f32 in [0, 1].
 pub(super) fn resize_region(

@@ -388,3 +388,60 @@ fn bench_views_prints_throughput() {
     println!("augment: {rate:.0} views/s (80×80 → 64×64, one thread)");
     assert!(rate > 0.0);
 }
+
+#[test]
+fn a_zoom_out_shrinks_the_crop_onto_a_plain_canvas() {
+    // A flat orange image: the shrunk crop stays orange, the canvas is one other colour.
+    let img = RgbImage::from_pixel(80, 80, Rgb([230, 120, 20]));
+    let cfg = AugmentConfig {
+        zoom_out_p: 1.0,
+        zoom_out_min: 0.4,
+        ..plain(40)
+    };
+    let mut out = vec![0.0; cfg.view_len()];
+    for i in 0..20 {
+        let rec = view(&img, &cfg, &mut view_rng(5, 0, i, 0), &mut out);
+        let f = rec.zoom_out.expect("p = 1 always zooms out");
+        assert!((0.4..=1.0).contains(&f), "{f}");
+        let px = denormalise(&out, &cfg);
+        let orange = (0..px[0].len())
+            .filter(|&k| {
+                (px[0][k] - 230.0).abs() < 2.0
+                    && (px[1][k] - 120.0).abs() < 2.0
+                    && (px[2][k] - 20.0).abs() < 2.0
+            })
+            .count();
+        let inner = (40.0 * f).round();
+        assert!(
+            (orange as f32 - inner * inner).abs() <= 2.0 * inner + 2.0,
+            "{orange} orange pixels for a {inner}-pixel square (f = {f})"
+        );
+    }
+    // Off (SimSiam's recipe): no zoom, and no random number drawn for it.
+    let off = AugmentConfig {
+        zoom_out_min: 0.4,
+        ..AugmentConfig::simsiam(40, false)
+    };
+    let mut a = vec![0.0; off.view_len()];
+    let mut b = vec![0.0; off.view_len()];
+    let rec = view(&img, &off, &mut view_rng(5, 0, 1, 0), &mut a);
+    view(
+        &img,
+        &AugmentConfig::simsiam(40, false),
+        &mut view_rng(5, 0, 1, 0),
+        &mut b,
+    );
+    assert_eq!((rec.zoom_out, a), (None, b));
+}
+
+#[test]
+fn zoomed_out_centres_the_image_on_the_fill() {
+    let img = RgbImage::from_pixel(40, 30, Rgb([255, 0, 0]));
+    let z = zoomed_out(&img, 0.5, Rgb([124, 116, 104]));
+    assert_eq!(z.dimensions(), (40, 30));
+    assert_eq!(z.get_pixel(0, 0).0, [124, 116, 104]);
+    assert_eq!(z.get_pixel(39, 29).0, [124, 116, 104]);
+    assert_eq!(z.get_pixel(20, 15).0, [255, 0, 0]);
+    let red = z.pixels().filter(|p| p.0 == [255, 0, 0]).count();
+    assert_eq!(red, 20 * 15, "half the width and half the height");
+}

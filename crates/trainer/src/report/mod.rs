@@ -58,6 +58,21 @@ pub struct ClassRow {
     pub random_probe_acc: f64,
 }
 
+/// A fine-tuned run's two classifiers, side by side: the head trained with the encoder,
+/// and a probe refitted on the frozen fine-tuned features. The one with the better
+/// validation top-1 ships as `probe.json`; the test figures are only reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierChoice {
+    pub head_val_top1: f64,
+    pub refit_val_top1: f64,
+    pub head_test_top1: f64,
+    pub head_test_top5: f64,
+    pub refit_test_top1: f64,
+    pub refit_test_top5: f64,
+    /// `fine-tuning head` or `refitted probe`.
+    pub shipped: String,
+}
+
 /// Everything `trainer eval` measured, as written to `eval.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -79,6 +94,16 @@ pub struct EvalReport {
     pub trained: EncoderScores,
     pub random_init: EncoderScores,
     pub per_class: Vec<ClassRow>,
+    /// Labelled training images per breed for the probe and the kNN bank (absent: all
+    /// but the validation slice).
+    #[serde(default)]
+    pub labels_per_breed: Option<usize>,
+    /// Test images shown zoomed out: the dog at this fraction of the frame's width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoom_out: Option<f32>,
+    /// Fine-tuned runs: the head against a refitted probe, and which one shipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierChoice>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +181,24 @@ fn markdown(r: &EvalReport) -> String {
         r.classes.len(),
         r.knn_temperature
     );
+    let labels = r
+        .labels_per_breed
+        .map_or("all but the validation slice".to_string(), |n| {
+            n.to_string()
+        });
+    let _ = writeln!(md, "- labelled training images per breed: {labels}");
+    if let Some(z) = r.zoom_out {
+        let _ = writeln!(
+            md,
+            "- test images zoomed out: the dog at {:.0}% of the frame's width, on a grey canvas",
+            z * 100.0
+        );
+    }
+    let _ = writeln!(md);
     summary_section(&mut md, &r.trained, &r.random_init);
+    if let Some(c) = &r.classifier {
+        classifier_section(&mut md, c);
+    }
     let _ = writeln!(md, "## Plots\n");
     let _ = writeln!(
         md,
@@ -204,6 +246,42 @@ fn summary_section(md: &mut String, t: &EncoderScores, b: &EncoderScores) {
         b.probe_weight_decay,
         b.probe_epochs,
         pct(b.probe_val_top1)
+    );
+}
+
+/// The fine-tuning head beside the refitted probe, and which one ships.
+fn classifier_section(md: &mut String, c: &ClassifierChoice) {
+    let _ = writeln!(
+        md,
+        "## Which classifier ships
+"
+    );
+    let _ = writeln!(
+        md,
+        "| classifier | validation top-1 | test top-1 | test top-5 |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for (name, val, t1, t5) in [
+        (
+            "fine-tuning head",
+            c.head_val_top1,
+            c.head_test_top1,
+            c.head_test_top5,
+        ),
+        (
+            "refitted probe",
+            c.refit_val_top1,
+            c.refit_test_top1,
+            c.refit_test_top5,
+        ),
+    ] {
+        let _ = writeln!(md, "| {name} | {} | {} | {} |", pct(val), pct(t1), pct(t5));
+    }
+    let _ = writeln!(
+        md,
+        "\nShipped as `probe.json`: the {}, the better on validation. The summary's probe \
+         figures are its.\n",
+        c.shipped
     );
 }
 

@@ -48,6 +48,9 @@ fn report() -> EvalReport {
         trained: scores(0.45),
         random_init: scores(0.05),
         per_class,
+        labels_per_breed: None,
+        zoom_out: None,
+        classifier: None,
     }
 }
 

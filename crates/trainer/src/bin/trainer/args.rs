@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Pretrain an encoder with SimSiam; writes checkpoints, metrics.jsonl and training.png.
     Pretrain(PretrainArgs),
+    /// Fine-tune an encoder plus a linear breed head on the training split's labels.
+    Finetune(FinetuneArgs),
     /// Evaluate a run's frozen features: kNN and linear probe, beside a random encoder.
     Eval(EvalArgs),
     /// Export a run's encoder to ONNX, with its probe, as a bundle the server loads.
@@ -121,12 +123,84 @@ pub struct PretrainArgs {
 }
 
 #[derive(Args)]
+pub struct FinetuneArgs {
+    /// Pretraining run whose encoder is fine-tuned (its data and model settings are kept).
+    #[arg(long, required_unless_present = "init", conflicts_with = "init")]
+    pub run: Option<PathBuf>,
+    /// Checkpoint of --run: the last epoch's, or the one with the best kNN top-1.
+    #[arg(long, value_enum, default_value = "last")]
+    pub checkpoint: CheckpointArg,
+    /// `random`: start from random weights instead of --run (the supervised baseline).
+    #[arg(long, value_enum)]
+    pub init: Option<InitArg>,
+    /// Configuration file whose [finetune] section is used (with --init random, all of it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataFlags,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub head_lr: Option<f64>,
+    #[arg(long)]
+    pub backbone_lr: Option<f64>,
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Fine-tune on N seeded labelled images per breed (default: all but validation).
+    #[arg(long)]
+    pub labels_per_breed: Option<usize>,
+    /// Probability of a zoomed-out training view (0 switches zoom-outs off).
+    #[arg(long)]
+    pub zoom_out_p: Option<f64>,
+    /// Augmentation worker threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run directory (default: <run>-finetune, or runs/finetune-random).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after N epochs of this invocation (continue later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum InitArg {
+    Random,
+}
+
+#[derive(Args)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub run: RunFlags,
     /// Data and hardware (default: the run's).
     #[command(flatten)]
     pub data: DataFlags,
+    /// Fit the probe and fill the kNN bank with N seeded labelled images per breed
+    /// (default: the run's fine-tuning setting, else all but the validation slice).
+    #[arg(long)]
+    pub labels_per_breed: Option<usize>,
+    /// Measure on test images zoomed out: the dog at this fraction of the frame's width
+    /// (e.g. 0.5), on a grey canvas. Writes eval-zoom<F>.json/.md, not probe.json.
+    #[arg(long, value_parser = zoom_fraction)]
+    pub zoom_out: Option<f32>,
+}
+
+fn zoom_fraction(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s}: must be a fraction in (0, 1]")),
+    }
 }
 
 #[derive(Args)]
@@ -289,6 +363,44 @@ impl TrainFlags {
         o.set("data.workers", self.workers.map(|v| v as u64));
         o.set("run.seed", self.seed);
         o.0
+    }
+}
+
+impl FinetuneArgs {
+    pub fn overrides(&self) -> Vec<Override> {
+        let mut o = Overrides(self.data.overrides());
+        o.set("finetune.epochs", self.epochs.map(|v| v as u64));
+        o.set("finetune.batch", self.batch.map(|v| v as u64));
+        o.set("finetune.head_lr", self.head_lr);
+        o.set("finetune.backbone_lr", self.backbone_lr);
+        o.set(
+            "finetune.warmup_epochs",
+            self.warmup_epochs.map(|v| v as u64),
+        );
+        o.set("finetune.weight_decay", self.weight_decay);
+        o.set("finetune.label_smoothing", self.label_smoothing);
+        o.set(
+            "finetune.labels_per_breed",
+            self.labels_per_breed.map(|v| v as u64),
+        );
+        o.set("finetune.zoom_out_p", self.zoom_out_p);
+        o.set("data.workers", self.workers.map(|v| v as u64));
+        o.set("run.seed", self.seed);
+        o.set("run.out", self.out.as_deref().map(path));
+        o.0
+    }
+
+    /// Where the run goes without --out: beside the pretraining run, or under runs/.
+    pub fn default_out(&self) -> PathBuf {
+        match &self.run {
+            Some(run) => {
+                let name = run
+                    .file_name()
+                    .map_or("run".into(), |n| n.to_string_lossy().into_owned());
+                run.with_file_name(format!("{name}-finetune"))
+            }
+            None => PathBuf::from("runs/finetune-random"),
+        }
     }
 }
 

@@ -7,12 +7,14 @@ mod args;
 
 use anyhow::{Context, Result};
 use args::{
-    BenchArgs, Cli, Command, EmbedArgs, EvalArgs, ExportArgs, GalleryArgs, PackArgs, PretrainArgs,
+    BenchArgs, Cli, Command, EmbedArgs, EvalArgs, ExportArgs, FinetuneArgs, GalleryArgs, PackArgs,
+    PretrainArgs,
 };
 use clap::Parser;
 use simsiam_trainer::checkpoint::{self, CheckpointMeta};
 use simsiam_trainer::config::{Override, TrainConfig};
 use simsiam_trainer::data::DatasetOptions;
+use simsiam_trainer::finetune::{self, FinetuneOptions, Init};
 use simsiam_trainer::{bench, embed, eval, export, pack, pretrain, seed_gallery, session};
 
 fn main() -> Result<()> {
@@ -20,6 +22,7 @@ fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::Pretrain(a) => run_pretrain(a),
+        Command::Finetune(a) => run_finetune(a),
         Command::Eval(a) => run_eval(a),
         Command::Export(a) => run_export(a),
         Command::Gallery(a) => run_gallery(a),
@@ -65,10 +68,60 @@ fn run_pretrain(a: PretrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The fine-tuning's configuration: with --run, the pretraining run's data and model and
+/// the `[finetune]` section of the configuration file; with --init random, the file's.
+/// Flags override both.
+fn run_finetune(a: FinetuneArgs) -> Result<()> {
+    let file = TrainConfig::load(a.config.as_deref(), Vec::new())?;
+    let tag = a.checkpoint.tag().to_string();
+    let (init, base) = match &a.run {
+        Some(dir) => {
+            let meta = finetune::read_source(dir, &tag)?;
+            let mut base = meta.config;
+            base.finetune = file.finetune;
+            (
+                Init::Run {
+                    dir: dir.clone(),
+                    tag,
+                },
+                base,
+            )
+        }
+        None => (Init::Random, file),
+    };
+    let mut overrides = vec![(
+        "run.out",
+        a.default_out().to_string_lossy().into_owned().into(),
+    )];
+    overrides.extend(a.overrides());
+    let cfg = base.with_overrides(overrides)?;
+    let opts = FinetuneOptions {
+        init,
+        resume: a.resume,
+        stop_after: a.stop_after,
+    };
+    let s = finetune::finetune(&cfg, &opts).context("fine-tuning failed")?;
+    println!(
+        "done: {} epochs, loss {:.4}, train top-1 {:.2}%, validation top-1 {:.2}% (best {}), {:.1} img/s; outputs in {}",
+        s.epochs_done,
+        s.loss,
+        s.train_top1 * 100.0,
+        s.val_top1 * 100.0,
+        pct(s.best_val_top1),
+        s.img_per_s,
+        s.out.display()
+    );
+    Ok(())
+}
+
 fn run_eval(a: EvalArgs) -> Result<()> {
     let (_, cfg) = run_config(&a.run, a.data.overrides())?;
     let tag = a.run.checkpoint.tag();
-    let r = eval::evaluate(&a.run.run, tag, &cfg).context("evaluation failed")?;
+    let opts = eval::EvalOptions {
+        labels_per_breed: a.labels_per_breed,
+        zoom_out: a.zoom_out,
+    };
+    let r = eval::evaluate(&a.run.run, tag, &cfg, &opts).context("evaluation failed")?;
     let (ours, base) = (&r.trained, &r.random_init);
     println!("{:<18} {:>8} {:>12}", "", "trained", "random init");
     for (name, ours, base) in [
@@ -81,7 +134,19 @@ fn run_eval(a: EvalArgs) -> Result<()> {
         let p = |v: f64| format!("{:5.1}%", v * 100.0);
         println!("{name:<18} {:>8} {:>12}", p(ours), p(base));
     }
-    println!("report: {}", a.run.run.join("eval.md").display());
+    if let Some(c) = &r.classifier {
+        println!(
+            "classifier: {} shipped (validation top-1: fine-tuning head {:.1}%, refitted probe {:.1}%)",
+            c.shipped,
+            c.head_val_top1 * 100.0,
+            c.refit_val_top1 * 100.0
+        );
+    }
+    let report = match a.zoom_out {
+        Some(z) => format!("eval-zoom{:.0}.md", z * 100.0),
+        None => "eval.md".into(),
+    };
+    println!("report: {}", a.run.run.join(report).display());
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 //! One integration-test binary (as ripgrep does): each test runs the real executable in a
 //! temporary folder and checks what it writes.
 
+mod finetune;
+
 use serde_json::Value;
 use simsiam_onnx::fixture;
 use std::path::{Path, PathBuf};
