@@ -136,7 +136,8 @@ remote() {
   # The epoch lines (loss, std, img/s, data wait) without the progress bars.
   grep -a 'INFO' "$GPU_DIR/pretrain.log" | sed 's/.*\] //' >> "$out/log.txt" || true
 
-  # 3. Fine-tune on the labels: one view per image, about twice pretraining's rate.
+  # 3. Fine-tune on the labels: one view per image, about twice pretraining's rate; a
+  # tenth of the epochs warms up (none for a run of under ten).
   local ft="$GPU_DIR/ft" ft_rate ft_epochs
   ft_rate=$(awk -v r="$best_rate" 'BEGIN { print 2 * r }')
   ft_epochs=$(BUDGET_S=$ft_budget epochs_in_budget "$ft_rate" "$n")
@@ -144,7 +145,7 @@ remote() {
   say "fine-tuning for $ft_epochs epochs" 2>&1 | tee -a "$out/log.txt"
   rm -rf "$ft"
   "$trainer" finetune --run "$run" --config "$config" --data "$GPU_DIR/pack" --device "$device" \
-    --epochs "$ft_epochs" --out "$ft" \
+    --epochs "$ft_epochs" --warmup-epochs "$((ft_epochs / 10))" --out "$ft" \
     2> "$GPU_DIR/finetune.log" | tee -a "$out/log.txt" >&2 \
     || { tail -n 30 "$GPU_DIR/finetune.log" >&2; die "fine-tuning failed"; }
   grep -a 'INFO' "$GPU_DIR/finetune.log" | sed 's/.*\] //' >> "$out/log.txt" || true
