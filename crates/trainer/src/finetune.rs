@@ -241,11 +241,8 @@ impl<'c> FtRun<'c> {
         } else {
             (0, 0, None)
         };
-        let history = history::read(&out.join("metrics.jsonl"))?
-            .into_iter()
-            .filter(|m: &FinetuneMetrics| m.epoch <= start)
-            .collect();
-        let writer = MetricsWriter::open::<FinetuneMetrics>(&out.join("metrics.jsonl"), start)?;
+        let (history, writer) =
+            history::resume::<FinetuneMetrics>(&out.join("metrics.jsonl"), start)?;
         Ok(Self {
             cfg,
             session,
@@ -474,7 +471,7 @@ impl<'c> FtRun<'c> {
 
     fn summary(self, last: Option<FinetuneMetrics>) -> FinetuneSummary {
         let last = last.or_else(|| self.history.last().cloned());
-        let rate = history::mean_rate(self.history.iter().map(|m| (m.img_per_s, m.epoch_seconds)));
+        let rate = history::mean_rate(self.history.iter().map(history::Record::rate));
         FinetuneSummary {
             epochs_done: last.as_ref().map_or(self.start, |m| m.epoch),
             loss: last.as_ref().map_or(f64::NAN, |m| m.loss),
@@ -559,12 +556,7 @@ pub fn run_stages(run: &Path, meta: &CheckpointMeta) -> Vec<StageSummary> {
     let (rate_and_secs, recipe, labels, init): (Vec<(f64, f64)>, String, Option<usize>, _) =
         match meta.stage {
             Stage::Pretrain => (
-                history::read::<history::EpochMetrics>(&metrics)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|m| m.epoch <= meta.epoch)
-                    .map(|m| (m.img_per_s, m.epoch_seconds))
-                    .collect(),
+                history::rates::<history::EpochMetrics>(&metrics, meta.epoch),
                 format!(
                     "SimSiam without labels: {} at {} px, batch {}, lr {}, weight decay {}, {}-layer projector, {} epochs planned",
                     cfg.model.backbone.name(),
@@ -581,12 +573,7 @@ pub fn run_stages(run: &Path, meta: &CheckpointMeta) -> Vec<StageSummary> {
             Stage::Finetune => {
                 let ft = &cfg.finetune;
                 (
-                    history::read::<FinetuneMetrics>(&metrics)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|m| m.epoch <= meta.epoch)
-                        .map(|m| (m.img_per_s, m.epoch_seconds))
-                        .collect(),
+                    history::rates::<FinetuneMetrics>(&metrics, meta.epoch),
                     format!(
                         "cross-entropy on labels: {} at {} px, batch {}, backbone lr {}, head lr {}, warm-up {}, weight decay {}, label smoothing {}, zoom-out p {} (to {}), {} epochs planned",
                         cfg.model.backbone.name(),

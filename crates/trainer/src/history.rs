@@ -63,11 +63,16 @@ pub struct FinetuneMetrics {
 /// A line of `metrics.jsonl`.
 pub trait Record: Serialize + DeserializeOwned {
     fn epoch(&self) -> usize;
+    /// `(images/s, seconds)` of the epoch, for [`mean_rate`].
+    fn rate(&self) -> (f64, f64);
 }
 
 impl Record for EpochMetrics {
     fn epoch(&self) -> usize {
         self.epoch
+    }
+    fn rate(&self) -> (f64, f64) {
+        (self.img_per_s, self.epoch_seconds)
     }
 }
 
@@ -75,6 +80,33 @@ impl Record for FinetuneMetrics {
     fn epoch(&self) -> usize {
         self.epoch
     }
+    fn rate(&self) -> (f64, f64) {
+        (self.img_per_s, self.epoch_seconds)
+    }
+}
+
+/// The records of epochs `<= through` in `path` (a missing or damaged file: none), as
+/// `(images/s, seconds)` pairs: what a stage's summary needs.
+pub fn rates<R: Record>(path: &Path, through: usize) -> Vec<(f64, f64)> {
+    read::<R>(path)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.epoch() <= through)
+        .map(|m| m.rate())
+        .collect()
+}
+
+/// A resumed (or new) run's history: the records of epochs `<= start` kept in memory and
+/// in the file, which is opened for appending the epochs to come.
+pub fn resume<R: Record>(
+    path: &Path,
+    start: usize,
+) -> Result<(Vec<R>, MetricsWriter), HistoryError> {
+    let kept = read::<R>(path)?
+        .into_iter()
+        .filter(|m| m.epoch() <= start)
+        .collect();
+    Ok((kept, MetricsWriter::open::<R>(path, start)?))
 }
 
 /// Images per second over epochs given as `(images/s, seconds)`, weighted by time.

@@ -200,11 +200,7 @@ impl<'c> Run<'c> {
         } else {
             (0, 0, None)
         };
-        let history = history::read(&out.join("metrics.jsonl"))?
-            .into_iter()
-            .filter(|m: &EpochMetrics| m.epoch <= start)
-            .collect();
-        let writer = MetricsWriter::open::<EpochMetrics>(&out.join("metrics.jsonl"), start)?;
+        let (history, writer) = history::resume::<EpochMetrics>(&out.join("metrics.jsonl"), start)?;
         let epochs = cfg.optim.epochs;
         Ok(Self {
             cfg,
@@ -421,5 +417,5 @@ fn resume(
 
 /// Mean training throughput over the recorded epochs.
 pub fn mean_rate(history: &[EpochMetrics]) -> f64 {
-    history::mean_rate(history.iter().map(|m| (m.img_per_s, m.epoch_seconds)))
+    history::mean_rate(history.iter().map(history::Record::rate))
 }
