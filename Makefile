@@ -65,14 +65,16 @@ bench-server: setup-runtime
 
 # The embedded gallery (before and after its log) beside PostgreSQL + pgvector, on
 # GALLERY_N synthetic vectors of the default model's width; a throwaway PostgreSQL
-# (pgserver) is started in target/bench-postgres and stopped after.
+# (pgserver) is started in target/bench-postgres and stopped after. Then hnswlib and FAISS
+# on the same vectors (bench/anchors, in their own venv).
 GALLERY_N ?= 100000
 bench-gallery: setup
 	$(CARGO) build --release -p simsiam-server --bin gallery-bench
-	rm -rf target/bench-postgres
+	rm -rf target/bench-postgres target/bench-vectors
 	url=$$(.venv/bin/python scripts/throwaway_postgres.py start target/bench-postgres) && \
-	  ./target/release/gallery-bench --n $(GALLERY_N) --postgres-url "$$url"; \
+	  ./target/release/gallery-bench --n $(GALLERY_N) --postgres-url "$$url" --vectors-out target/bench-vectors; \
 	  status=$$?; .venv/bin/python scripts/throwaway_postgres.py stop target/bench-postgres; exit $$status
+	bash bench/anchors/run.sh target/bench-vectors
 
 # The plain PyTorch baseline of the same recipe (separate venv, see bench/reference/README.md).
 bench-reference:

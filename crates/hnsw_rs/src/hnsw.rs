@@ -265,7 +265,7 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
 pub(crate) struct PointWithOrder<'b, T: Clone + Send + Sync> {
     /// the identificateur of the point for which we store a distance to a point for which
     ///  we made a request.
-    point_ref: Arc<Point<'b, T>>,
+    pub(crate) point_ref: Arc<Point<'b, T>>,
     /// The distance to a point_ref to the request point (not represented in the structure)
     dist_to_ref: f32,
 }
@@ -947,8 +947,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         let dist_to_entry_point = self.dist_f.eval(point, entry_point.data.get_v());
         trace!("       distance to entry point: {:?} ", dist_to_entry_point);
         // keep a list of id visited
-        let mut visited_point_id = HashMap::<PointId, Arc<Point<T>>>::new();
-        visited_point_id.insert(entry_point.p_id, Arc::clone(&entry_point));
+        // A set of ids, not a map to Arcs (simsiam patch, PATCHES.md #8): no reference count
+        // is touched for each visited point.
+        let mut visited_point_id = hashbrown::HashSet::<PointId>::with_capacity(16 * skiplist_size);
+        visited_point_id.insert(entry_point.p_id);
         //
         let mut candidate_points =
             BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(skiplist_size);
@@ -984,15 +986,17 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     -(c.dist_to_ref),
                     f.dist_to_ref
                 );
-                if filter.is_none() {
-                    return return_points;
-                } else if return_points.len() >= ef {
-                    return_points.retain(|p| {
-                        filter
-                            .as_ref()
-                            .unwrap()
-                            .hnsw_filter(&p.point_ref.get_origin_id())
-                    });
+                // With a filter, stop too once ef accepted points are held (simsiam patch,
+                // PATCHES.md #7): 0.3.5 filtered the results here and went on expanding
+                // every remaining candidate, so that a filtered search never stopped early.
+                // hnswlib stops on the same condition.
+                match filter {
+                    None => return return_points,
+                    Some(keep) if return_points.len() >= ef => {
+                        return_points.retain(|p| keep.hnsw_filter(&p.point_ref.get_origin_id()));
+                        return return_points;
+                    }
+                    Some(_) => {}
                 }
             }
             // now we scan neighborhood of c in layer and increment visited_point, candidate_points
@@ -1008,8 +1012,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             for e in neighbours_c_l {
                 // HERE WE sEE THAT neighbours should be stored as PointIdWithOrder !!
                 // CAVEAT what if several point_id with same distance to ref point?
-                if !visited_point_id.contains_key(&e.point_ref.p_id) {
-                    visited_point_id.insert(e.point_ref.p_id, Arc::clone(&e.point_ref));
+                if visited_point_id.insert(e.point_ref.p_id) {
                     trace!("             visited insertion {:?}", e.point_ref.p_id);
                     let f_opt = return_points.peek();
                     if f_opt.is_none() {
@@ -1076,34 +1079,32 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         let (data, origin_id) = data_with_id;
         let keep_pruned = self.keep_pruned;
         // insert in indexation and get point_id adn generate a new entry_point if necessary
-        let (new_point, point_rank) = self
+        let (new_point, _point_rank) = self
             .layer_indexed_points
             .generate_new_point(data, origin_id);
         trace!("Hnsw insert generated new point {:?} ", new_point.p_id);
         // now real work begins
         // allocate a binary heap
         let level = new_point.p_id.0;
-        let mut enter_point_copy = None;
-        let mut max_level_observed = 0;
-        // entry point has been set in
-        {
-            // I open a read lock on an option
-            if let Some(arc_point) = self.layer_indexed_points.entry_point.read().as_ref() {
-                enter_point_copy = Some(Arc::clone(arc_point));
-                if point_rank == 1 {
+        // The first point becomes the entry point, decided under the entry point's write
+        // lock (simsiam patch, PATCHES.md #5): 0.3.5 read the entry point, then wrote it in a
+        // second step, so that two points inserted in parallel into an empty graph could both
+        // take themselves for the first, and the one not chosen was left without any link.
+        let mut enter_point_copy = {
+            let mut entry_point = self.layer_indexed_points.entry_point.write();
+            match entry_point.as_ref() {
+                Some(arc_point) => Some(Arc::clone(arc_point)),
+                None => {
                     debug!(
                         "Hnsw  stored first point , direct return  {:?} ",
                         new_point.p_id
                     );
+                    *entry_point = Some(Arc::clone(&new_point));
                     return;
                 }
-                max_level_observed = enter_point_copy.as_ref().unwrap().p_id.0;
             }
-        }
-        if enter_point_copy.is_none() {
-            self.layer_indexed_points.check_entry_point(&new_point);
-            return;
-        }
+        };
+        let max_level_observed = enter_point_copy.as_ref().map_or(0, |p| p.p_id.0);
         let mut dist_to_entry = self
             .dist_f
             .eval(data, enter_point_copy.as_ref().unwrap().data.get_v());
@@ -1235,7 +1236,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     } // end of parallel_insert
 
     /// insert new_point in neighbourhood info of point
-    fn reverse_update_neighborhood_simple(&self, new_point: Arc<Point<T>>) {
+    pub(crate) fn reverse_update_neighborhood_simple(&self, new_point: Arc<Point<'b, T>>) {
         //  println!("reverse update neighbourhood for  new point {:?} ", new_point.p_id);
         trace!(
             "reverse update neighbourhood for  new point {:?} ",
@@ -1272,18 +1273,55 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         2 * self.max_nb_connection
                     };
                     let shrink = nbn_at_l > threshold_shrinking;
-                    {
-                        // sort and shring if necessary
-                        q_point_neighbours[l_n].sort_unstable();
-                        if shrink {
-                            q_point_neighbours[l_n].pop();
-                        }
+                    // sort, and shrink if necessary
+                    q_point_neighbours[l_n].sort_unstable();
+                    if shrink {
+                        // simsiam patch, PATCHES.md #3: 0.3.5 popped the farthest, so that
+                        // a full list kept the nearest and links between clusters faded.
+                        let kept =
+                            self.diverse_subset(&q_point_neighbours[l_n], threshold_shrinking);
+                        q_point_neighbours[l_n] = kept;
                     }
                 } // end protection against point identity
             }
         }
         //   println!("     exitingreverse update neighbourhood for  new point {:?} ", new_point.p_id);
     } // end of reverse_update_neighborhood_simple
+
+    /// The HNSW paper's neighbour heuristic (Algorithm 4) over a neighbour list sorted by
+    /// distance: a point is kept when it is nearer to the list's owner than to every point
+    /// kept before it, up to `max` points. What hnswlib (`getNeighborsByHeuristic2`), FAISS
+    /// (`shrink_neighbor_list`) and pgvector (`HnswUpdateConnection`) do when a reverse link
+    /// overflows a full list: the kept links point in different directions, so the graph
+    /// stays navigable between clusters.
+    fn diverse_subset(
+        &self,
+        sorted: &[Arc<PointWithOrder<'b, T>>],
+        max: usize,
+    ) -> Vec<Arc<PointWithOrder<'b, T>>> {
+        let mut kept: Vec<Arc<PointWithOrder<'b, T>>> = Vec::with_capacity(max);
+        let mut pruned = Vec::new();
+        for e in sorted {
+            if kept.len() >= max {
+                break;
+            }
+            let e_v = e.point_ref.data.get_v();
+            let diverse = kept
+                .iter()
+                .all(|d| self.dist_f.eval(e_v, d.point_ref.data.get_v()) > e.dist_to_ref);
+            if diverse {
+                kept.push(Arc::clone(e));
+            } else {
+                pruned.push(Arc::clone(e));
+            }
+        }
+        // The free places go to the nearest of the pruned: a list stays full, so that a
+        // point keeps as many ways in as before.
+        let free = max - kept.len();
+        kept.extend(pruned.into_iter().take(free));
+        kept.sort_unstable();
+        kept
+    }
 
     pub fn get_point_indexation(&self) -> &PointIndexation<'b, T> {
         &self.layer_indexed_points
@@ -1478,6 +1516,36 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         knn_neighbours
     } // end of knn_search
 
+    /// Greedy descent from `entry_point` down to layer `lowest` (included): on each layer,
+    /// moves to the nearest neighbour of the current point until none is nearer to `data`.
+    /// Returns the point where it stopped, the entry of the search on the layer below.
+    pub(crate) fn greedy_descent(
+        &self,
+        data: &[T],
+        entry_point: Arc<Point<'b, T>>,
+        lowest: u8,
+    ) -> Arc<Point<'b, T>> {
+        let mut pivot = entry_point;
+        let mut dist_to_pivot = self.dist_f.eval(data, pivot.data.get_v());
+        for layer in (lowest..=pivot.p_id.0).rev() {
+            loop {
+                let mut nearer = None;
+                for n in &pivot.neighbours.read()[layer as usize] {
+                    let d = self.dist_f.eval(data, n.point_ref.data.get_v());
+                    if d < dist_to_pivot {
+                        dist_to_pivot = d;
+                        nearer = Some(Arc::clone(&n.point_ref));
+                    }
+                }
+                match nearer {
+                    Some(p) => pivot = p,
+                    None => break,
+                }
+            }
+        }
+        pivot
+    }
+
     /// a filtered version of [`Self::search`].  
     /// A filter can be added to the search to get nodes with a particular property or id constraint.  
     /// See examples in tests/filtertest.rs
@@ -1500,41 +1568,17 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             }
         }
         //
-        let mut dist_to_entry = self.dist_f.eval(data, entry_point.as_ref().data.get_v());
-        let mut pivot = Arc::clone(&entry_point);
-        let mut new_pivot = None;
-
-        //
-        for layer in (1..=entry_point.p_id.0).rev() {
-            let mut has_changed = false;
-            // search in stored neighbours
-            {
-                let neighbours = &pivot.neighbours.read()[layer as usize];
-                for n in neighbours {
-                    // get the lowest  distance point.
-                    let tmp_dist = self.dist_f.eval(data, n.point_ref.data.get_v());
-                    if tmp_dist < dist_to_entry {
-                        new_pivot = Some(Arc::clone(&n.point_ref));
-                        has_changed = true;
-                        dist_to_entry = tmp_dist;
-                    }
-                } // end of for on neighbours
-            }
-            if has_changed {
-                pivot = Arc::clone(new_pivot.as_ref().unwrap());
-            }
-        } // end on for on layers
+        // Greedy descent (simsiam patch, PATCHES.md #2): on each upper layer, move to the
+        // nearest neighbour for as long as one is nearer, as hnswlib's searchKnn and FAISS's
+        // greedy_update_nearest do; 0.3.5 scanned the pivot's neighbours once per layer.
+        let pivot = self.greedy_descent(data, entry_point, 1);
         // ef must be greater than knbn. Possibly it should be between knbn and self.max_nb_connection
         let ef = ef_arg.max(knbn);
         log::debug!("pivot changed , current pivot {:?}", pivot.get_point_id());
-        // search lowest non empty layer (in case of search with incomplete lower layer at beginning of hnsw filling)
-        let mut l = 0u8;
-        let layer_to_search = loop {
-            if self.get_point_indexation().get_layer_nb_point(l as usize) > 0 {
-                break l;
-            }
-            l += 1;
-        };
+        // Every point lives in layer 0 (simsiam patch, PATCHES.md #4): 0.3.5 searched the
+        // lowest layer whose bucket of points *topped* there was non-empty, which skips layer 0
+        // whenever every point so far was drawn above it.
+        let layer_to_search = 0u8;
         // now search with asked ef in lower layer
         let neighbours_heap = self.search_layer(data, pivot, ef, layer_to_search, filter);
         // go from heap of points with negative dist to a sorted vec of increasing points with > 0 distances.

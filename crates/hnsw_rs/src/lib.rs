@@ -14,6 +14,9 @@ pub mod hnswio;
 pub mod libext;
 pub mod prelude;
 
+#[cfg(test)]
+mod patch_tests;
+
 // we impose our version of anndists
 pub use anndists;
 

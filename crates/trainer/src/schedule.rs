@@ -36,7 +36,11 @@ mod tests {
         assert_eq!(lr_at_progress(0.1, 1.0, 10, 1), 0.1);
         assert!((lr_at_progress(0.1, 5.5, 10, 1) - 0.05).abs() < 1e-12);
         assert!(lr_at_progress(0.1, 10.0, 10, 1) < 1e-12);
-        assert_eq!(lr_at_progress(0.1, 0.0, 10, 0), 0.1, "no warm-up: the peak at once");
+        assert_eq!(
+            lr_at_progress(0.1, 0.0, 10, 0),
+            0.1,
+            "no warm-up: the peak at once"
+        );
         let decayed = 0.1 * 0.5 * (1.0 + (std::f64::consts::PI * 0.05).cos());
         assert!(
             (lr_at_progress(0.1, 0.5, 10, 0) - decayed).abs() < 1e-12,

@@ -61,7 +61,20 @@ struct Header {
     /// The basename of the graph's dump beside it (`<name>.hnsw.graph`, `.hnsw.data`).
     #[serde(default)]
     graph: Option<String>,
+    /// The graph code that wrote the dump (`GRAPH_FORMAT`); 0 for files from before it was
+    /// recorded.
+    #[serde(default)]
+    graph_format: u32,
 }
+
+/// The version of the graph a dump holds. 1: built by the patched hnsw_rs
+/// (`crates/hnsw_rs/PATCHES.md`). A dump of another version is never reloaded, since its
+/// links were chosen by other rules: the graph is rebuilt from the snapshot's vectors.
+pub const GRAPH_FORMAT: u32 = 1;
+
+/// From this many rows on, a graph is built by parallel insertion (seeding, reloading without
+/// a usable dump, compaction); single adds are inserted one at a time.
+const PARALLEL_BUILD_FROM: usize = 256;
 
 /// A snapshot read back: the gallery, and where its log continues.
 pub struct Loaded {
@@ -108,9 +121,22 @@ impl MemoryGallery {
             params,
         };
         for (item, v) in items.into_iter().zip(vectors.chunks_exact(dim.max(1))) {
-            g.push(item, v);
+            g.record(item, v);
         }
+        g.index_rows();
         g
+    }
+
+    /// Inserts every row into the (empty) graph, tombstones included, so that the graph
+    /// holds one point per row as `reload_graph` checks: in parallel on all cores from
+    /// `PARALLEL_BUILD_FROM` rows on, one by one below.
+    fn index_rows(&self) {
+        let rows: Vec<(&[f32], usize)> = (0..self.items.len()).map(|i| (self.row(i), i)).collect();
+        if rows.len() < PARALLEL_BUILD_FROM {
+            rows.into_iter().for_each(|r| self.graph.insert_slice(r));
+        } else {
+            self.graph.parallel_insert_slice(&rows);
+        }
     }
 
     pub fn dim(&self) -> usize {
@@ -166,6 +192,13 @@ impl MemoryGallery {
     }
 
     fn push(&mut self, item: Item, vector: &[f32]) {
+        let idx = self.record(item, vector);
+        self.graph.insert_slice((vector, idx));
+    }
+
+    /// Adds a row (a live entry with the same id becomes a tombstone) but not to the graph;
+    /// returns its index.
+    fn record(&mut self, item: Item, vector: &[f32]) -> usize {
         if let Some(old) = self.by_id.get(&item.id).copied() {
             self.alive[old] = false;
         }
@@ -174,7 +207,7 @@ impl MemoryGallery {
         self.items.push(item);
         self.vectors.extend_from_slice(vector);
         self.alive.push(true);
-        self.graph.insert_slice((vector, idx));
+        idx
     }
 
     /// Removes an entry; false when there was none. Rebuilds the graph once a quarter of
@@ -275,6 +308,7 @@ impl MemoryGallery {
             dead: (0..self.items.len()).filter(|&i| !self.alive[i]).collect(),
             log_segment,
             graph: graph.map(str::to_string),
+            graph_format: GRAPH_FORMAT,
         })
         .map_err(|e| GalleryError::Corrupt {
             path: PathBuf::from(FILE),
@@ -348,10 +382,17 @@ impl MemoryGallery {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let model = header.model.as_deref().unwrap_or_default();
-        let graph = header
-            .graph
-            .as_deref()
-            .and_then(|name| reload_graph(dir, name, header.items.len()));
+        let graph = match header.graph.as_deref() {
+            Some(name) if header.graph_format != GRAPH_FORMAT => {
+                log::warn!(
+                    "gallery graph {name} was written in graph format {} (this server writes {GRAPH_FORMAT}): rebuilding it",
+                    header.graph_format
+                );
+                None
+            }
+            Some(name) => reload_graph(dir, name, header.items.len()),
+            None => None,
+        };
         let graph_name = header.graph.clone().filter(|_| graph.is_some());
         let gallery = match graph {
             Some(graph) => {
@@ -596,6 +637,50 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 3]).expect("write");
         let err = MemoryGallery::load(dir.path(), P).err().expect("corrupt");
         assert!(err.to_string().contains("expected 30 vectors"), "{err}");
+    }
+
+    #[test]
+    fn a_graph_dumped_by_the_unpatched_hnsw_rs_is_rebuilt_not_reloaded() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let g = gallery(300, 16);
+        save(&g, dir.path(), Some("graph-1"));
+        // The snapshot as the server wrote it before graph formats: no `graph_format`.
+        let path = dir.path().join(FILE);
+        let bytes = std::fs::read(&path).expect("read");
+        let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&bytes[8..8 + len]).expect("header");
+        assert_eq!(header["graph_format"], GRAPH_FORMAT, "written today");
+        header
+            .as_object_mut()
+            .expect("object")
+            .remove("graph_format");
+        let header = serde_json::to_vec(&header).expect("json");
+        let mut old = (header.len() as u64).to_le_bytes().to_vec();
+        old.extend_from_slice(&header);
+        old.extend_from_slice(&bytes[8 + len..]);
+        std::fs::write(&path, old).expect("write");
+
+        let back = MemoryGallery::load(dir.path(), P)
+            .expect("load")
+            .expect("present");
+        assert_eq!(back.graph, None, "rebuilt, not reloaded");
+        assert_eq!(back.gallery.len(), 300);
+        let hits = back.gallery.search(&unit(42, 16), 1, None).expect("s");
+        assert_eq!(hits[0].id, "img-42");
+    }
+
+    #[test]
+    fn a_bulk_build_is_parallel_and_every_row_finds_itself() {
+        let n = 3 * PARALLEL_BUILD_FROM;
+        let items: Vec<Item> = (0..n).map(item).collect();
+        let vectors: Vec<f32> = (0..n).flat_map(|i| unit(i as u64, 16)).collect();
+        let g = MemoryGallery::from_parts(16, "test-model", items, vectors, P);
+        assert_eq!(g.graph.get_nb_point(), n, "one graph point per row");
+        for i in 0..n {
+            let hits = g.search(&unit(i as u64, 16), 1, None).expect("search");
+            assert_eq!(hits[0].id, format!("img-{i}"));
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use simsiam_server::config::{GalleryBackend, GalleryConfig};
 use simsiam_server::gallery::embedded::EmbeddedGallery;
 use simsiam_server::gallery::memory::{MemoryGallery, FILE};
 use simsiam_server::gallery::postgres::PostgresGallery;
-use simsiam_server::gallery::{graph_params, Gallery, GalleryError, Opening, Seed};
+use simsiam_server::gallery::{graph_params, Gallery, GalleryError, GraphParams, Opening, Seed};
 use simsiam_server::health::Health;
 use simsiam_server::metrics::Metrics;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,11 @@ struct Args {
     /// Working directory of the embedded gallery (default: a temporary one).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also write the gallery's and the queries' vectors here (`base.f32`, `queries.f32`,
+    /// little-endian rows, and `meta.json`), for `bench/anchors` to run hnswlib and FAISS
+    /// on the same vectors.
+    #[arg(long)]
+    vectors_out: Option<PathBuf>,
 }
 
 const K: usize = 10;
@@ -156,6 +161,38 @@ fn insert_all(g: &dyn Gallery, d: &Data) -> anyhow::Result<f64> {
         }
     }
     Ok(d.items.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Builds the whole gallery in memory at once, as seeding and compaction do (the graph by
+/// parallel insertion); entries per second.
+fn parallel_build(d: &Data, params: GraphParams) -> f64 {
+    eprintln!("    bulk build of {} entries", d.items.len());
+    let t = Instant::now();
+    let g = MemoryGallery::from_parts(d.dim, "bench", d.items.clone(), d.vectors.clone(), params);
+    let rate = d.items.len() as f64 / t.elapsed().as_secs_f64();
+    drop(g);
+    rate
+}
+
+/// Writes the vectors for `bench/anchors`: rows of little-endian f32, and their shape and
+/// the HNSW parameters in `meta.json`.
+fn write_vectors(dir: &Path, d: &Data) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(dir.join("base.f32"), bytes(&d.vectors))?;
+    std::fs::write(dir.join("queries.f32"), bytes(&d.queries))?;
+    let meta = serde_json::json!({
+        "dim": d.dim,
+        "n": d.items.len(),
+        "queries": d.queries.len() / d.dim,
+        "k": K,
+        "m": 16,
+        "ef_construction": 200,
+        "ef_search": 64,
+    });
+    std::fs::write(dir.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
+    eprintln!("vectors written to {}", dir.display());
+    Ok(())
 }
 
 /// Single adds of new ids (removed again after), p50 and p99 in ms.
@@ -310,9 +347,19 @@ fn embedded(
     let _ = std::fs::remove_dir_all(&cfg.dir);
     eprintln!("embedded (hnsw_rs + log), {} entries:", d.items.len());
     let g = EmbeddedGallery::open(&cfg, opening(d.dim, Seed::default()))?;
+    let one_by_one = insert_all(&g, d)?;
     now.put(
         "insert, batches of 1,000",
-        format!("{:.0} entries/s", insert_all(&g, d)?),
+        format!("{one_by_one:.0} entries/s (one at a time)"),
+    );
+    let built = parallel_build(d, graph_params(&cfg));
+    now.put(
+        "bulk build (seeding, compaction, rebuild)",
+        format!(
+            "{built:.0} entries/s in parallel on {} threads, {:.2}x",
+            rayon::current_num_threads(),
+            built / one_by_one
+        ),
     );
     let t = Instant::now();
     g.compact()?;
@@ -507,6 +554,9 @@ fn main() -> anyhow::Result<()> {
         args.n, args.dim, args.queries
     );
     let d = data::generate(args.n, args.dim, args.queries);
+    if let Some(out) = &args.vectors_out {
+        write_vectors(out, &d)?;
+    }
     let truth = Truth {
         all: data::exact(&d, K, |_| true),
         rare: data::exact(&d, K, |i| d.items[i].breed.as_deref() == Some(RARE)),
