@@ -1299,8 +1299,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         sorted: &[Arc<PointWithOrder<'b, T>>],
         max: usize,
     ) -> Vec<Arc<PointWithOrder<'b, T>>> {
+        // The places it leaves free stay free (as in hnswlib, whose keepPrunedConnections is
+        // off by default): refilling them with the nearest pruned points kept every list
+        // full, so that every later reverse link re-ran the heuristic, and inserts at
+        // 100,000 entries ran at 217/s instead of 547/s.
         let mut kept: Vec<Arc<PointWithOrder<'b, T>>> = Vec::with_capacity(max);
-        let mut pruned = Vec::new();
         for e in sorted {
             if kept.len() >= max {
                 break;
@@ -1311,15 +1314,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 .all(|d| self.dist_f.eval(e_v, d.point_ref.data.get_v()) > e.dist_to_ref);
             if diverse {
                 kept.push(Arc::clone(e));
-            } else {
-                pruned.push(Arc::clone(e));
             }
         }
-        // The free places go to the nearest of the pruned: a list stays full, so that a
-        // point keeps as many ways in as before.
-        let free = max - kept.len();
-        kept.extend(pruned.into_iter().take(free));
-        kept.sort_unstable();
         kept
     }
 
