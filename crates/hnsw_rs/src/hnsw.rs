@@ -1090,10 +1090,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         // lock (simsiam patch, PATCHES.md #5): 0.3.5 read the entry point, then wrote it in a
         // second step, so that two points inserted in parallel into an empty graph could both
         // take themselves for the first, and the one not chosen was left without any link.
-        let mut enter_point_copy = {
+        let entry = {
             let mut entry_point = self.layer_indexed_points.entry_point.write();
             match entry_point.as_ref() {
-                Some(arc_point) => Some(Arc::clone(arc_point)),
+                Some(arc_point) => Arc::clone(arc_point),
                 None => {
                     debug!(
                         "Hnsw  stored first point , direct return  {:?} ",
@@ -1104,7 +1104,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 }
             }
         };
-        let max_level_observed = enter_point_copy.as_ref().map_or(0, |p| p.p_id.0);
+        let max_level_observed = entry.p_id.0;
+        let mut enter_point_copy = Some(entry);
         let mut dist_to_entry = self
             .dist_f
             .eval(data, enter_point_copy.as_ref().unwrap().data.get_v());
@@ -1273,49 +1274,39 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         2 * self.max_nb_connection
                     };
                     let shrink = nbn_at_l > threshold_shrinking;
-                    // sort, and shrink if necessary
-                    q_point_neighbours[l_n].sort_unstable();
                     if shrink {
-                        // simsiam patch, PATCHES.md #3: 0.3.5 popped the farthest, so that
-                        // a full list kept the nearest and links between clusters faded.
-                        let kept =
-                            self.diverse_subset(&q_point_neighbours[l_n], threshold_shrinking);
+                        // simsiam patch, PATCHES.md #3: the list is shrunk by the same
+                        // heuristic that chose the new point's own neighbours
+                        // (`select_neighbours`, the HNSW paper's Algorithm 4), as hnswlib,
+                        // FAISS and pgvector do; 0.3.5 sorted it and popped the farthest, so
+                        // that a full list kept the nearest and links between clusters faded.
+                        // Its output is sorted by distance, nearest first.
+                        let mut candidates: BinaryHeap<Arc<PointWithOrder<'b, T>>> =
+                            q_point_neighbours[l_n]
+                                .iter()
+                                .map(|n| {
+                                    Arc::new(PointWithOrder::new(&n.point_ref, -n.dist_to_ref))
+                                })
+                                .collect();
+                        let mut kept = Vec::with_capacity(threshold_shrinking);
+                        self.select_neighbours(
+                            q_point.data.get_v(),
+                            &mut candidates,
+                            threshold_shrinking,
+                            false,
+                            l,
+                            self.keep_pruned,
+                            &mut kept,
+                        );
                         q_point_neighbours[l_n] = kept;
+                    } else {
+                        q_point_neighbours[l_n].sort_unstable();
                     }
                 } // end protection against point identity
             }
         }
         //   println!("     exitingreverse update neighbourhood for  new point {:?} ", new_point.p_id);
     } // end of reverse_update_neighborhood_simple
-
-    /// The HNSW paper's neighbour heuristic (Algorithm 4) over a neighbour list sorted by
-    /// distance: a point is kept when it is nearer to the list's owner than to every point
-    /// kept before it, up to `max` points. What hnswlib (`getNeighborsByHeuristic2`), FAISS
-    /// (`shrink_neighbor_list`) and pgvector (`HnswUpdateConnection`) do when a reverse link
-    /// overflows a full list: the kept links point in different directions, so the graph
-    /// stays navigable between clusters.
-    fn diverse_subset(
-        &self,
-        sorted: &[Arc<PointWithOrder<'b, T>>],
-        max: usize,
-    ) -> Vec<Arc<PointWithOrder<'b, T>>> {
-        // The places it leaves free stay free, as in hnswlib (keepPrunedConnections is off
-        // there by default): later links fill them without re-running the heuristic.
-        let mut kept: Vec<Arc<PointWithOrder<'b, T>>> = Vec::with_capacity(max);
-        for e in sorted {
-            if kept.len() >= max {
-                break;
-            }
-            let e_v = e.point_ref.data.get_v();
-            let diverse = kept
-                .iter()
-                .all(|d| self.dist_f.eval(e_v, d.point_ref.data.get_v()) > e.dist_to_ref);
-            if diverse {
-                kept.push(Arc::clone(e));
-            }
-        }
-        kept
-    }
 
     pub fn get_point_indexation(&self) -> &PointIndexation<'b, T> {
         &self.layer_indexed_points
