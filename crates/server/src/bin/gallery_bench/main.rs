@@ -167,16 +167,17 @@ fn insert_all(g: &dyn Gallery, d: &Data) -> anyhow::Result<f64> {
 /// parallel insertion); entries per second.
 fn parallel_build(d: &Data, params: GraphParams) -> f64 {
     eprintln!("    bulk build of {} entries", d.items.len());
+    let (items, vectors) = (d.items.clone(), d.vectors.clone());
     let t = Instant::now();
-    let g = MemoryGallery::from_parts(d.dim, "bench", d.items.clone(), d.vectors.clone(), params);
+    let g = MemoryGallery::from_parts(d.dim, "bench", items, vectors, params);
     let rate = d.items.len() as f64 / t.elapsed().as_secs_f64();
     drop(g);
     rate
 }
 
 /// Writes the vectors for `bench/anchors`: rows of little-endian f32, and their shape and
-/// the HNSW parameters in `meta.json`.
-fn write_vectors(dir: &Path, d: &Data) -> anyhow::Result<()> {
+/// the embedded gallery's HNSW parameters (`p`) in `meta.json`.
+fn write_vectors(dir: &Path, d: &Data, p: GraphParams) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     std::fs::write(dir.join("base.f32"), bytes(&d.vectors))?;
@@ -186,9 +187,9 @@ fn write_vectors(dir: &Path, d: &Data) -> anyhow::Result<()> {
         "n": d.items.len(),
         "queries": d.queries.len() / d.dim,
         "k": K,
-        "m": 16,
-        "ef_construction": 200,
-        "ef_search": 64,
+        "m": p.m,
+        "ef_construction": p.ef_construction,
+        "ef_search": p.ef_search,
     });
     std::fs::write(dir.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
     eprintln!("vectors written to {}", dir.display());
@@ -555,7 +556,7 @@ fn main() -> anyhow::Result<()> {
     );
     let d = data::generate(args.n, args.dim, args.queries);
     if let Some(out) = &args.vectors_out {
-        write_vectors(out, &d)?;
+        write_vectors(out, &d, graph_params(&GalleryConfig::default()))?;
     }
     let truth = Truth {
         all: data::exact(&d, K, |_| true),
