@@ -232,12 +232,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(source) = written {
+        // A half-written temporary file must not hold the space (a full disk) it failed on.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BundleError::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
     if let Some(dir) = path.parent() {
         // Make the rename itself durable; not every platform lets a directory be synced.
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());

@@ -10,7 +10,8 @@
  *
  * A 503 (queue full, shutting down) is retried after the server's `Retry-After`, or an
  * exponential backoff; a failed connection is retried for requests without side effects.
- * Other errors reject with a {@link SimsiamError}.
+ * Other errors reject with a {@link SimsiamError} ({@link InsufficientStorageError} for a 507:
+ * the server's disk is full; not retried).
  */
 
 /** An image: encoded bytes (JPEG, PNG) or a Blob/File. */
@@ -117,6 +118,23 @@ export class SimsiamError extends Error {
     super(`${status} ${code}: ${message}`);
     this.name = "SimsiamError";
   }
+}
+
+/**
+ * 507: the server's gallery disk is full, so nothing was written. Not retried: it fails the
+ * same way until an operator frees space. Searches and embeddings keep working meanwhile.
+ */
+export class InsufficientStorageError extends SimsiamError {
+  constructor(code: string, message: string, type: string | null = null, param: string | null = null) {
+    super(507, code, message, type, param);
+    this.name = "InsufficientStorageError";
+  }
+}
+
+function errorOf(status: number, code: string, message: string, type: string | null, param: string | null): SimsiamError {
+  return status === 507
+    ? new InsufficientStorageError(code, message, type, param)
+    : new SimsiamError(status, code, message, type, param);
 }
 
 interface Call {
@@ -285,8 +303,8 @@ async function toError(response: Response): Promise<SimsiamError> {
     const { error } = (await response.json()) as {
       error: { code: string; message: string; type?: string; param?: string | null };
     };
-    return new SimsiamError(response.status, error.code, error.message, error.type ?? null, error.param ?? null);
+    return errorOf(response.status, error.code, error.message, error.type ?? null, error.param ?? null);
   } catch {
-    return new SimsiamError(response.status, "http_error", response.statusText);
+    return errorOf(response.status, "http_error", response.statusText, null, null);
   }
 }

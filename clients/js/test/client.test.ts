@@ -1,7 +1,11 @@
 /** The TypeScript client against a real server process on the default model. */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { Client, SimsiamError } from "../src/index.js";
+import { execFileSync } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Client, InsufficientStorageError, SimsiamError } from "../src/index.js";
 import { Server, dogPhoto } from "./server.js";
 
 let server: Server;
@@ -117,5 +121,43 @@ test("API keys are sent", async () => {
     assert.ok(model.breeds.length > 0);
   } finally {
     await keyed.stop();
+  }
+});
+
+test("a full disk is an InsufficientStorageError, not retried", async (t) => {
+  // The real server, its gallery on a tmpfs filled to the last byte.
+  if (process.getuid?.() !== 0) return t.skip("the full-disk test mounts a tmpfs, which needs root");
+  const mnt = mkdtempSync(join(tmpdir(), "simsiam-full-"));
+  try {
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt], { stdio: "pipe" });
+  } catch (e) {
+    return t.skip(`cannot mount a tmpfs here: ${e}`);
+  }
+  try {
+    const full = await Server.start({}, join(mnt, "gallery"));
+    try {
+      const fd = openSync(join(mnt, "filler"), "w");
+      const block = new Uint8Array(4096);
+      try {
+        for (;;) writeSync(fd, block);
+      } catch {
+        // ENOSPC: full.
+      } finally {
+        closeSync(fd);
+      }
+      const c = new Client({ url: full.url, retries: 3, backoffMs: 10 });
+      await assert.rejects(c.add([dog], { ids: ["full"] }), (e: SimsiamError) => {
+        assert.ok(e instanceof InsufficientStorageError);
+        assert.deepEqual([e.status, e.code, e.type], [507, "insufficient_storage", "server_error"]);
+        assert.match(e.message, /No space left on device/);
+        return true;
+      });
+      assert.equal(c.retried, 0, "a full disk is not retried");
+      assert.equal((await c.search({ images: [dog] }, { k: 2 })).results[0].length, 2, "searches go on");
+    } finally {
+      await full.stop();
+    }
+  } finally {
+    execFileSync("umount", [mnt]);
   }
 });

@@ -34,12 +34,13 @@ export class Server {
     private readonly proc: ChildProcess,
   ) {}
 
-  static async start(env: Record<string, string> = {}): Promise<Server> {
+  /** `gallery`: the gallery directory (default: a new empty one). */
+  static async start(env: Record<string, string> = {}, gallery?: string): Promise<Server> {
     if (!existsSync(SERVER)) {
       throw new Error(`no server binary at ${SERVER}: build it (cargo build --release -p simsiam-server)`);
     }
     const port = await freePort();
-    const gallery = mkdtempSync(join(tmpdir(), "simsiam-js-"));
+    gallery ??= mkdtempSync(join(tmpdir(), "simsiam-js-"));
     let log = "";
     const proc = spawn(
       SERVER,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from simsiam_client import AsyncClient, Client, SimsiamError
+from simsiam_client import AsyncClient, Client, InsufficientStorage, SimsiamError
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVER = os.environ.get("SIMSIAM_SERVER_BIN", str(ROOT / "target/release/server"))
@@ -37,10 +37,10 @@ def _free_port():
 class Server:
     """The server binary on a free port, stopped at the end."""
 
-    def __init__(self, env=None):
+    def __init__(self, env=None, gallery=None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.gallery = tempfile.mkdtemp()
+        self.gallery = gallery or tempfile.mkdtemp()
         self.log = tempfile.NamedTemporaryFile(suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [SERVER, "--model", str(MODEL), "--port", str(self.port), "--gallery-dir", self.gallery],
@@ -187,6 +187,37 @@ def test_a_full_queue_is_retried_after_retry_after():
         c.close()
     finally:
         busy.stop()
+
+
+def test_a_full_disk_raises_insufficient_storage_without_retrying(dog):
+    """The real server with its gallery on a tmpfs filled to the last byte."""
+    if os.geteuid() != 0:
+        pytest.skip("the full-disk test mounts a tmpfs, which needs root")
+    mnt = tempfile.mkdtemp()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        full = Server(gallery=os.path.join(mnt, "gallery"))
+        try:
+            with open(os.path.join(mnt, "filler"), "wb", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 4096)
+                except OSError:
+                    pass
+            c = Client(full.url, retries=3, backoff=0.01)
+            with pytest.raises(InsufficientStorage) as e:
+                c.add([dog], ids=["full"])
+            assert (e.value.status, e.value.code, e.value.type) == (507, "insufficient_storage", "server_error")
+            assert "No space left on device" in e.value.message
+            assert c.retried == 0, "a full disk is not retried"
+            assert len(c.search([dog], k=2).results[0]) == 2, "searches go on"
+            c.close()
+        finally:
+            full.stop()
+    finally:
+        subprocess.run(["umount", mnt])
 
 
 def test_the_command_line(server, dog):

@@ -294,6 +294,11 @@ pub struct GalleryConfig {
     /// A breed filter over at most this many rows ranks them exactly (see
     /// [`crate::gallery::postgres`]).
     pub postgres_exact_breed_max: usize,
+    /// Seconds between the watchdog's looks: free space, and whether failed writes work
+    /// again (see [`crate::watch`]).
+    pub watch_interval_s: u64,
+    /// Below this many free megabytes on the embedded gallery's disk, the log warns.
+    pub low_space_warning_mb: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +324,8 @@ impl Default for GalleryConfig {
             postgres_timeout_s: 5,
             postgres_statement_timeout_ms: 10_000,
             postgres_exact_breed_max: 20_000,
+            watch_interval_s: 2,
+            low_space_warning_mb: 256,
         }
     }
 }
@@ -480,6 +487,9 @@ impl ServerConfig {
                 "gallery.ef_search",
                 "ef_construction and ef_search must be at least 1",
             );
+        }
+        if self.gallery.watch_interval_s == 0 {
+            return bad("gallery.watch_interval_s", "must be at least 1");
         }
         if self.gallery.backend == GalleryBackend::Postgres {
             let g = &self.gallery;

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// Malformed JSON, multipart or query string; bad base64.
     #[error("{0}")]
     BadRequest(String),
+    /// An image URL redirected somewhere it may not go, or without a usable `Location`.
+    #[error("{0}")]
+    BadRedirect(String),
     #[error("missing or wrong API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
     #[error("this key may only read: gallery changes and metrics need the admin key")]
@@ -53,9 +56,13 @@ pub enum ApiError {
     Overloaded { queued: usize },
     #[error("the request took longer than {0} s")]
     Timeout(u64),
-    /// Shutting down, or the model is not ready.
+    /// Shutting down, the model is not ready, or the database cannot be reached: transient.
     #[error("{0}")]
     Unavailable(String),
+    /// The gallery's disk is full: nothing was written. Not transient, so not 503: a
+    /// retry fails the same way until an operator frees space.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,6 +85,7 @@ impl From<GalleryError> for ApiError {
             GalleryError::Dimension { .. } => ApiError::Unprocessable(e.to_string()),
             // The database is down or busy: the client may retry.
             GalleryError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            GalleryError::NoSpace { .. } => ApiError::InsufficientStorage(e.to_string()),
             GalleryError::Corrupt { .. }
             | GalleryError::Io(_)
             | GalleryError::Database(_)
@@ -129,6 +137,7 @@ impl ApiError {
         match self {
             ApiError::BadImage { .. } => "bad_image",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadRedirect(_) => "bad_redirect",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
@@ -140,6 +149,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -170,7 +180,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadImage { .. } | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadImage { .. } | ApiError::BadRequest(_) | ApiError::BadRedirect(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -184,6 +196,7 @@ impl ResponseError for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -252,6 +265,7 @@ mod tests {
                 400,
             ),
             (ApiError::BadRequest("x".into()), 400),
+            (ApiError::BadRedirect("x".into()), 400),
             (ApiError::Unauthorized, 401),
             (ApiError::Forbidden, 403),
             (ApiError::NotFound("x".into()), 404),
@@ -268,6 +282,7 @@ mod tests {
             (ApiError::ModelNotFound("x".into()), 404),
             (ApiError::Overloaded { queued: 1 }, 503),
             (ApiError::Timeout(1), 504),
+            (ApiError::InsufficientStorage("x".into()), 507),
             (ApiError::Internal("x".into()), 500),
         ];
         for (e, status) in cases {
@@ -320,5 +335,32 @@ mod tests {
         assert!(ApiError::from(image(2))
             .to_string()
             .starts_with("image 2: "));
+    }
+
+    /// ENOSPC and EDQUOT from any file the embedded gallery writes; the database's own
+    /// "disk full" is mapped in `gallery::postgres` (tested there) to the same variant.
+    #[actix_web::test]
+    async fn a_full_disk_is_507_insufficient_storage_without_retry_after() {
+        for errno in [28, 122] {
+            let full = simsiam::bundle::BundleError::Io {
+                path: "var/gallery/gallery.log.00000001".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            };
+            let e = ApiError::from(GalleryError::from(full));
+            assert_eq!(
+                (e.status_code().as_u16(), e.code(), e.kind()),
+                (507, "insufficient_storage", "server_error")
+            );
+            let message = e.to_string();
+            assert!(message.contains("gallery.log.00000001"), "{message}");
+            let res = e.error_response();
+            assert!(res.headers().get(header::RETRY_AFTER).is_none());
+        }
+        let other = simsiam::bundle::BundleError::Io {
+            path: "x".into(),
+            source: std::io::Error::from_raw_os_error(5),
+        };
+        let e = ApiError::from(GalleryError::from(other));
+        assert_eq!(e.status_code().as_u16(), 500);
     }
 }

@@ -2,17 +2,23 @@
 //!
 //! A server that fetches URLs for its clients can be pointed at what only it can reach
 //! (server-side request forgery). So: only when `inputs.fetch_urls` is on, only from hosts
-//! in `inputs.allowed_hosts` (redirects included, each hop checked again), never from
-//! loopback, private, link-local or other non-public addresses unless
-//! `inputs.allow_private_addresses` is set (the address checked is the one connected to,
-//! after name resolution), at most `limits.max_body_bytes` per image, within
-//! `inputs.fetch_timeout_s`. Every refusal names the URL and the reason.
+//! in `inputs.allowed_hosts`, never from loopback, private, link-local or other non-public
+//! addresses unless `inputs.allow_private_addresses` is set (the address checked is the
+//! one connected to, after name resolution), at most `limits.max_body_bytes` per image,
+//! within `inputs.fetch_timeout_s` for all hops together. Every refusal names the URL and
+//! the reason.
+//!
+//! Redirects are followed here, not by the HTTP client: each `Location` is checked before
+//! anything is sent to it (http or https, a host, on the allowlist; then the address
+//! rules when it is resolved). ureq 2 panics on a redirect to a URL without a host
+//! (`file:`, `data:`), so it is never asked to follow one.
 
 use crate::config::InputsConfig;
 use crate::error::ApiError;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use url::{Host, Url};
 
 /// Redirects followed at most.
 const REDIRECTS: u32 = 5;
@@ -20,6 +26,9 @@ const REDIRECTS: u32 = 5;
 pub struct Fetcher {
     agent: ureq::Agent,
     max_bytes: usize,
+    /// `inputs.allowed_hosts`, lower case.
+    hosts: Vec<String>,
+    timeout: Duration,
 }
 
 impl Fetcher {
@@ -34,24 +43,97 @@ impl Fetcher {
             .map(|h| h.to_ascii_lowercase())
             .collect();
         let allow_private = cfg.allow_private_addresses;
+        let allowed = hosts.clone();
         let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(cfg.fetch_timeout_s))
-            .redirects(REDIRECTS)
+            .redirects(0)
             .max_idle_connections(0)
-            .resolver(move |netloc: &str| resolve(netloc, &hosts, allow_private))
+            .resolver(move |netloc: &str| resolve(netloc, &allowed, allow_private))
             .build();
-        Some(Self { agent, max_bytes })
+        Some(Self {
+            agent,
+            max_bytes,
+            hosts,
+            timeout: Duration::from_secs(cfg.fetch_timeout_s),
+        })
     }
 
-    /// The bytes at `url` (image `index` of the request). Blocking: call it on the
-    /// blocking pool.
+    /// The bytes at `url` (image `index` of the request), following at most
+    /// [`REDIRECTS`] redirects, each checked first. Blocking: call it on the blocking pool.
     pub fn fetch(&self, url: &str, index: usize) -> Result<Vec<u8>, ApiError> {
         let fail =
             |why: String| ApiError::BadRequest(format!("image {index}: cannot fetch {url}: {why}"));
-        let response = self.agent.get(url).call().map_err(|e| match e {
-            ureq::Error::Status(code, _) => fail(format!("the server answered {code}")),
-            ureq::Error::Transport(t) => fail(transport_reason(&t)),
-        })?;
+        let deadline = Instant::now() + self.timeout;
+        let mut at = Url::parse(url.trim()).map_err(|e| fail(format!("not a URL: {e}")))?;
+        self.check_target(&at).map_err(fail)?;
+        for _ in 0..=REDIRECTS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(fail(format!(
+                    "no answer within inputs.fetch_timeout_s ({} s)",
+                    self.timeout.as_secs()
+                )));
+            }
+            let response = self
+                .agent
+                .request_url("GET", &at)
+                .timeout(left)
+                .call()
+                .map_err(|e| match e {
+                    ureq::Error::Status(code, _) => fail(format!("the server answered {code}")),
+                    ureq::Error::Transport(t) => fail(transport_reason(&t)),
+                })?;
+            if !(300..400).contains(&response.status()) {
+                return self.body(response, url, index);
+            }
+            at = self.redirect(&at, &response).map_err(|why| {
+                ApiError::BadRedirect(format!("image {index}: cannot fetch {url}: {why}"))
+            })?;
+        }
+        Err(ApiError::BadRedirect(format!(
+            "image {index}: cannot fetch {url}: more than {REDIRECTS} redirects"
+        )))
+    }
+
+    /// Where a 3xx answer from `from` points, if it may be followed.
+    fn redirect(&self, from: &Url, response: &ureq::Response) -> Result<Url, String> {
+        let status = response.status();
+        let location = response
+            .header("location")
+            .filter(|l| !l.trim().is_empty())
+            .ok_or_else(|| format!("{from} answered {status} without a Location to go to"))?;
+        let next = from
+            .join(location.trim())
+            .map_err(|e| format!("redirected to {location:?}, not a URL: {e}"))?;
+        self.check_target(&next)
+            .map_err(|why| format!("redirected to {next}: {why}"))?;
+        Ok(next)
+    }
+
+    /// Whether a URL may be asked for at all: http or https, a host on the allowlist. The
+    /// address rules apply when the host is resolved.
+    fn check_target(&self, url: &Url) -> Result<(), String> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "the scheme {:?} is not fetched (only http and https)",
+                url.scheme()
+            ));
+        }
+        let host = match url.host() {
+            Some(Host::Domain(d)) => d.to_ascii_lowercase(),
+            Some(Host::Ipv4(ip)) => ip.to_string(),
+            Some(Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err("the URL has no host".into()),
+        };
+        if !self.hosts.iter().any(|h| host_matches(h, &host)) {
+            return Err(format!("host {host} is not in inputs.allowed_hosts"));
+        }
+        Ok(())
+    }
+
+    /// The body of the final answer, at most `max_bytes`.
+    fn body(&self, response: ureq::Response, url: &str, index: usize) -> Result<Vec<u8>, ApiError> {
+        let fail =
+            |why: String| ApiError::BadRequest(format!("image {index}: cannot fetch {url}: {why}"));
         let declared = response
             .header("content-length")
             .and_then(|v| v.parse::<usize>().ok());
@@ -120,8 +202,18 @@ fn host_of(netloc: &str) -> &str {
     netloc.rsplit_once(':').map_or(netloc, |(h, _)| h)
 }
 
-/// An allowed-host entry matches the host itself, or with a leading `*.`, its subdomains.
+/// An allowed-host entry matches the host itself, or with a leading `*.`, its subdomains;
+/// an address matches the same address however it is written (`::ffff:7f00:1` is
+/// `::ffff:127.0.0.1`).
 fn host_matches(pattern: &str, host: &str) -> bool {
+    let ip = |s: &str| {
+        s.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+    };
+    if let (Ok(a), Ok(b)) = (ip(pattern), ip(host)) {
+        return a == b;
+    }
     match pattern.strip_prefix("*.") {
         Some(domain) => host.ends_with(&format!(".{domain}")),
         None => pattern == host,
@@ -197,6 +289,8 @@ mod tests {
         assert!(!host_matches("example.org", "evil-example.org"));
         assert!(host_matches("*.example.org", "cdn.example.org"));
         assert!(!host_matches("*.example.org", "example.org.evil.com"));
+        assert!(host_matches("::ffff:127.0.0.1", "::ffff:7f00:1"));
+        assert!(!host_matches("127.0.0.1", "::ffff:127.0.0.1"));
         assert_eq!(host_of("[::1]:8080"), "::1");
         assert_eq!(host_of("a.b:443"), "a.b");
     }

@@ -82,9 +82,16 @@ impl Health {
         ModelState::Unknown
     }
 
-    /// Records the outcome of a gallery write.
+    /// Records the outcome of a gallery write (or of the watchdog's probe, see
+    /// [`crate::watch`]). The change of state is logged once each way, not per write.
     pub fn gallery_written(&self, result: Result<(), String>) {
-        *self.gallery.lock().unwrap_or_else(|e| e.into_inner()) = result.err();
+        let mut state = self.gallery.lock().unwrap_or_else(|e| e.into_inner());
+        match (state.is_some(), &result) {
+            (false, Err(e)) => log::error!("gallery writes fail, so /readyz answers 503: {e}"),
+            (true, Ok(())) => log::info!("gallery writes succeed again; /readyz may answer 200"),
+            _ => {}
+        }
+        *state = result.err();
     }
 
     /// Why the gallery is not usable, if it is not.

@@ -32,6 +32,7 @@ pub mod priority;
 pub mod routes;
 pub mod state;
 pub mod timing;
+pub mod watch;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};

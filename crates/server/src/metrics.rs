@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -99,6 +99,8 @@ pub struct Metrics {
     pub queue_depth: AtomicUsize,
     /// Live items in the gallery.
     pub gallery_items: AtomicUsize,
+    /// Free bytes on the embedded gallery's filesystem (`u64::MAX`: not measured).
+    pub gallery_free_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,7 @@ impl Default for Metrics {
             stages: Mutex::default(),
             queue_depth: AtomicUsize::new(0),
             gallery_items: AtomicUsize::new(0),
+            gallery_free_bytes: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -188,6 +191,12 @@ impl Metrics {
             "simsiam_gallery_items {}",
             self.gallery_items.load(Ordering::Relaxed)
         );
+        let free = self.gallery_free_bytes.load(Ordering::Relaxed);
+        if free != u64::MAX {
+            out.push_str("# HELP simsiam_gallery_free_bytes Free bytes on the embedded gallery's filesystem.\n");
+            out.push_str("# TYPE simsiam_gallery_free_bytes gauge\n");
+            let _ = writeln!(out, "simsiam_gallery_free_bytes {free}");
+        }
         out
     }
 }

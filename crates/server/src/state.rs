@@ -15,12 +15,14 @@ use crate::gallery::{self, Gallery, GalleryError, Item, Opening, Seed};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::pipeline::{preprocess, EmbedError};
+use crate::watch::Watchdog;
 use simsiam::bundle::{Bundle, Manifest};
 use simsiam::classes::breed_name;
 use simsiam::preprocess::EvalTransform;
 use simsiam::probe::LinearProbe;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Start-up failures: each ends start-up with one message.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,14 @@ impl AppState {
                 metrics: metrics.clone(),
             },
         )?;
+        Watchdog::new(
+            gallery.clone(),
+            health.clone(),
+            metrics.clone(),
+            cfg.gallery.low_space_warning_mb.saturating_mul(1 << 20),
+        )
+        .spawn(Duration::from_secs(cfg.gallery.watch_interval_s))
+        .map_err(StartError::Spawn)?;
         Ok(Arc::new(Self {
             model_id: format!("{}@{}", m.name, m.version),
             transform,

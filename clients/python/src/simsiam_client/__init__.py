@@ -10,10 +10,11 @@
 
 `AsyncClient` has the same methods as coroutines. Images may be paths, bytes, file
 objects or PIL images. A 503 is retried after the server's `Retry-After`; other errors
-raise `SimsiamError` with the status, code and message.
+raise `SimsiamError` with the status, code and message (`InsufficientStorage`, a
+subclass, for a 507: the server's disk is full; not retried).
 """
 from .client import AsyncClient, Client
-from .errors import ConnectionFailed, SimsiamError
+from .errors import ConnectionFailed, InsufficientStorage, SimsiamError
 from .models import (
     Added,
     Classification,
@@ -35,6 +36,7 @@ __all__ = [
     "Deleted",
     "Embeddings",
     "GalleryCounts",
+    "InsufficientStorage",
     "Model",
     "Neighbor",
     "Prediction",

@@ -19,7 +19,7 @@ import httpx
 
 from . import models
 from ._images import ImageLike, to_bytes
-from .errors import ConnectionFailed, SimsiamError
+from .errors import ConnectionFailed, InsufficientStorage, SimsiamError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -106,11 +106,12 @@ class _Requests:
 
 
 def _error(response: httpx.Response) -> SimsiamError:
+    kind = InsufficientStorage if response.status_code == 507 else SimsiamError
     try:
         e = response.json()["error"]
-        return SimsiamError(response.status_code, e["code"], e["message"], e.get("type"), e.get("param"))
+        return kind(response.status_code, e["code"], e["message"], e.get("type"), e.get("param"))
     except (ValueError, KeyError, TypeError):
-        return SimsiamError(response.status_code, "http_error", response.reason_phrase)
+        return kind(response.status_code, "http_error", response.reason_phrase)
 
 
 class _Policy:

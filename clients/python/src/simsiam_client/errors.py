@@ -28,6 +28,14 @@ class SimsiamError(Exception):
         self.param = param
 
 
+class InsufficientStorage(SimsiamError):
+    """507: the server's gallery disk is full, so nothing was written.
+
+    Not retried: it fails the same way until an operator frees space. Searches and
+    embeddings keep working meanwhile.
+    """
+
+
 class ConnectionFailed(SimsiamError):
     """No answer: the server could not be reached (after the retries)."""
 

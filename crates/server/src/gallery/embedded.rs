@@ -19,10 +19,20 @@ use crate::config::{GalleryConfig, OnModelChange};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use simsiam::bundle::{write_atomic, BundleError};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+
+/// The watchdog's probe (see [`Gallery::probe`]): this many bytes, written, synced and
+/// removed; about what one add logs.
+const PROBE_FILE: &str = ".write-probe";
+const PROBE_BYTES: usize = 16 << 10;
+
+/// Free space a compaction leaves on top of what it writes, for the adds meanwhile.
+const COMPACT_MARGIN_BYTES: u64 = 1 << 20;
 
 /// Below this much log, compaction waits (a small gallery would otherwise snapshot at
 /// every few writes).
@@ -39,6 +49,8 @@ struct Inner {
     /// The sequence number of the last record known to be on disk; held while syncing.
     synced: Mutex<u64>,
     compacting: AtomicBool,
+    /// A compaction was put off for want of disk space (logged once until one succeeds).
+    compaction_deferred: AtomicBool,
     /// Bytes of the last snapshot written.
     snapshot_bytes: Mutex<u64>,
     dir: PathBuf,
@@ -138,6 +150,7 @@ impl EmbeddedGallery {
                 log: Mutex::new(writer),
                 synced: Mutex::new(0),
                 compacting: AtomicBool::new(false),
+                compaction_deferred: AtomicBool::new(false),
                 snapshot_bytes: Mutex::new(snapshot_bytes),
                 dir,
                 health: o.health,
@@ -184,12 +197,24 @@ impl EmbeddedGallery {
         Ok((len, changed))
     }
 
-    /// Starts a compaction in the background when the log has outgrown the snapshot.
+    /// Starts a compaction in the background when the log has outgrown the snapshot, and
+    /// the disk has room for it (else it waits, and says so once).
     fn maybe_compact(&self) {
         let inner = &self.inner;
         let since = lock(&inner.log).since_snapshot();
         let threshold = (*lock(&inner.snapshot_bytes) / 4).max(MIN_COMPACT_BYTES);
-        if since < threshold || inner.compacting.swap(true, Ordering::SeqCst) {
+        if since < threshold {
+            return;
+        }
+        if let Err(e) = inner.room_to_compact() {
+            if !inner.compaction_deferred.swap(true, Ordering::SeqCst) {
+                log::warn!(
+                    "gallery compaction waits for disk space (the log keeps every change): {e}"
+                );
+            }
+            return;
+        }
+        if inner.compacting.swap(true, Ordering::SeqCst) {
             return;
         }
         let mut slot = lock(&self.compactor);
@@ -242,17 +267,52 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the disk has room for a compaction's new files (snapshot and graph dump,
+    /// each about the size of the snapshot with the log applied), with a margin: a
+    /// compaction started without it would fill the disk that clients' adds need.
+    fn room_to_compact(&self) -> Result<(), GalleryError> {
+        let gallery = *lock(&self.snapshot_bytes) + lock(&self.log).since_snapshot();
+        let need = 2 * gallery + COMPACT_MARGIN_BYTES;
+        match free_bytes(&self.dir) {
+            Some(free) if free < need => Err(GalleryError::NoSpace {
+                place: self.dir.display().to_string(),
+                message: format!(
+                    "a compaction needs about {:.1} MB free, and {:.1} MB are",
+                    need as f64 / 1e6,
+                    free as f64 / 1e6
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Snapshots the gallery and its graph, then drops the log segments and graph dumps
-    /// the snapshot replaces.
+    /// the snapshot replaces. Refused up front without the room; a failure half-way
+    /// removes what it wrote, so the log stays the source of truth.
     fn compact(&self) -> Result<(), GalleryError> {
+        self.room_to_compact()?;
         let (segment, graph, bytes) = {
             let g = self.gallery.read().unwrap_or_else(|e| e.into_inner());
             let segment = lock(&self.log).rotate()?;
-            let graph = g.dump_graph(&self.dir, &format!("graph-{segment:08}"))?;
-            let bytes = g.encode(segment, graph.as_deref())?;
-            (segment, graph, bytes)
+            let name = format!("graph-{segment:08}");
+            let written = g
+                .dump_graph(&self.dir, &name)
+                .and_then(|graph| Ok((graph.clone(), g.encode(segment, graph.as_deref())?)));
+            match written {
+                Ok((graph, bytes)) => (segment, graph, bytes),
+                Err(e) => {
+                    remove_files(&memory::graph_files(&self.dir, &name));
+                    return Err(e);
+                }
+            }
         };
-        write_atomic(&self.dir.join(FILE), &bytes)?;
+        if let Err(e) = write_atomic(&self.dir.join(FILE), &bytes) {
+            if let Some(graph) = &graph {
+                remove_files(&memory::graph_files(&self.dir, graph));
+            }
+            return Err(e.into());
+        }
+        self.compaction_deferred.store(false, Ordering::SeqCst);
         lock(&self.log).snapshot_taken();
         *lock(&self.snapshot_bytes) = bytes.len() as u64;
         remove_stale(&self.dir, segment, graph.as_deref());
@@ -262,6 +322,23 @@ impl Inner {
             bytes.len() as f64 / 1e6
         );
         Ok(())
+    }
+}
+
+/// Free bytes for an unprivileged writer on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
+}
+
+/// Removes files a failed step wrote; one that cannot be removed is only logged.
+fn remove_files(paths: &[PathBuf]) {
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("{}: not removed: {e}", path.display()),
+        }
     }
 }
 
@@ -444,6 +521,20 @@ impl Gallery for EmbeddedGallery {
     /// The count when no change holds the gallery right now: readiness never waits.
     fn ready(&self) -> Result<Option<usize>, GalleryError> {
         Ok(self.inner.gallery.try_read().ok().map(|g| g.len()))
+    }
+
+    fn probe(&self) -> Result<(), GalleryError> {
+        let path = self.inner.dir.join(PROBE_FILE);
+        let written = File::create(&path).and_then(|mut f| {
+            f.write_all(&[0u8; PROBE_BYTES])
+                .and_then(|()| f.sync_data())
+        });
+        let _ = std::fs::remove_file(&path);
+        written.map_err(io(&path))
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        free_bytes(&self.inner.dir)
     }
 
     fn flush(&self) -> Result<(), GalleryError> {

@@ -330,13 +330,29 @@ impl MemoryGallery {
         if self.items.is_empty() {
             return Ok(None);
         }
-        let name = self
-            .graph
-            .file_dump(dir, basename)
-            .map_err(|e| GalleryError::Corrupt {
-                path: dir.join(basename),
-                message: format!("dumping the graph: {e}"),
-            })?;
+        // hnsw_rs panics when it cannot create a dump file, and returns other I/O
+        // failures (a full disk among them) as anyhow errors.
+        let dumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.graph.file_dump(dir, basename)
+        }));
+        let failed = |message: String| GalleryError::Corrupt {
+            path: dir.join(basename),
+            message: format!("dumping the graph: {message}"),
+        };
+        let name = match dumped {
+            Ok(Ok(name)) => name,
+            Ok(Err(e)) => {
+                return Err(match e.downcast::<std::io::Error>() {
+                    Ok(source) => BundleError::Io {
+                        path: dir.join(basename),
+                        source,
+                    }
+                    .into(),
+                    Err(e) => failed(e.to_string()),
+                })
+            }
+            Err(_) => return Err(failed("the dump files could not be created".into())),
+        };
         for file in graph_files(dir, &name) {
             let synced = std::fs::File::open(&file).and_then(|f| f.sync_all());
             synced.map_err(|source| BundleError::Io { path: file, source })?;

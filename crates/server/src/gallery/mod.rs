@@ -30,7 +30,11 @@ pub enum GalleryError {
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error(transparent)]
-    Io(#[from] BundleError),
+    Io(BundleError),
+    /// The disk (or the database's disk) is full or over quota: nothing was written, and
+    /// nothing is wrong with the server. Writes succeed again once space is freed.
+    #[error("no space left for the gallery: {place}: {message}")]
+    NoSpace { place: String, message: String },
     #[error("vector has {found} values, the gallery holds {expected}-d vectors")]
     Dimension { expected: usize, found: usize },
     /// The stored gallery was made for another embedding width: never usable.
@@ -63,6 +67,28 @@ pub enum GalleryError {
     /// An earlier write failed half-way; writes are refused until a restart recovers.
     #[error("gallery log: {0}")]
     LogBroken(String),
+}
+
+/// A full disk becomes [`GalleryError::NoSpace`] wherever a file was written, so that the
+/// client is told 507 rather than 500.
+impl From<BundleError> for GalleryError {
+    fn from(e: BundleError) -> Self {
+        match e {
+            BundleError::Io { path, source } if is_no_space(&source) => GalleryError::NoSpace {
+                place: path.display().to_string(),
+                message: source.to_string(),
+            },
+            other => GalleryError::Io(other),
+        }
+    }
+}
+
+/// Whether an I/O error means the filesystem is full or the quota is spent.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// One gallery entry as the API shows it.
@@ -118,6 +144,12 @@ pub trait Gallery: Send + Sync {
     fn ready(&self) -> Result<Option<usize>, GalleryError>;
     /// Makes everything durable and stops background work (at shutdown).
     fn flush(&self) -> Result<(), GalleryError>;
+    /// A small write where the gallery writes (embedded: a file beside the log, synced,
+    /// then removed; PostgreSQL: a query on its table), so that readiness can tell by
+    /// itself when a gallery whose writes failed (a full disk, a lost database) works again.
+    fn probe(&self) -> Result<(), GalleryError>;
+    /// Free bytes for the gallery's files, when they are on a local disk.
+    fn free_bytes(&self) -> Option<u64>;
 }
 
 /// The entries a new gallery starts with (the bundle's seed gallery).

@@ -107,8 +107,24 @@ impl CustomizeConnection<postgres::Client, postgres::Error> for Session {
 /// connection, a timeout) means it cannot be reached.
 fn db(e: postgres::Error) -> GalleryError {
     match e.as_db_error() {
-        Some(d) => GalleryError::Database(format!("{} ({})", d.message(), d.code().code())),
+        Some(d) => by_sqlstate(d.code().code(), d.message()),
         None => GalleryError::Unavailable(e.to_string()),
+    }
+}
+
+/// What a database error means for the client, by its SQLSTATE: a full disk (53100) is
+/// [`GalleryError::NoSpace`] (507); the server shutting down, restarting or not yet
+/// accepting connections (class 57P), or a connection exception (class 08), is
+/// transient (503, retry); the rest is a refused statement (500).
+fn by_sqlstate(code: &str, message: &str) -> GalleryError {
+    let text = format!("{message} ({code})");
+    match code {
+        "53100" => GalleryError::NoSpace {
+            place: "the PostgreSQL database".into(),
+            message: text,
+        },
+        c if c.starts_with("57P") || c.starts_with("08") => GalleryError::Unavailable(text),
+        _ => GalleryError::Database(text),
     }
 }
 
@@ -633,11 +649,41 @@ impl Gallery for PostgresGallery {
     fn flush(&self) -> Result<(), GalleryError> {
         Ok(())
     }
+
+    /// The readiness query: a connection and the table answering.
+    fn probe(&self) -> Result<(), GalleryError> {
+        self.ready().map(|_| ())
+    }
+
+    /// The database's disk is not this process's to measure.
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_and_a_restarting_database_503() {
+        use crate::error::ApiError;
+        use actix_web::ResponseError;
+        let status = |code: &str| {
+            let e = ApiError::from(by_sqlstate(code, "m"));
+            (e.status_code().as_u16(), e.code())
+        };
+        assert_eq!(status("53100"), (507, "insufficient_storage"));
+        for restarting in ["57P01", "57P02", "57P03", "08006", "08003"] {
+            assert_eq!(status(restarting), (503, "unavailable"), "{restarting}");
+        }
+        assert_eq!(status("42P01"), (500, "internal"));
+        let message = by_sqlstate("53100", "could not extend file").to_string();
+        assert!(
+            message.contains("could not extend file (53100)"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_a_message() {

@@ -18,11 +18,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod errors;
+mod hostile;
 mod linkage;
 mod postgres;
 mod providers;
 mod reliability;
 mod routes;
+mod storage;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 /// The project folder (clients, Cargo.lock).
@@ -65,7 +67,8 @@ impl Server {
     /// The server on `bundle`; returns once it answers `/healthz`.
     fn start_with(bundle: &Path, gallery: &Path, envs: &[(&str, &str)]) -> Server {
         let port = free_port();
-        let log = gallery.with_extension(format!("{port}.log"));
+        // Not beside the gallery: a test may fill the gallery's disk.
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("server-{port}.log"));
         let mut cmd = Command::new(SERVER);
         // From the project folder, as users run it: `config/server.toml` is read.
         cmd.current_dir(ROOT)
@@ -151,11 +154,17 @@ impl Server {
     }
 }
 
+/// Whatever a test did, no input may reach a panic: every server's log is checked when
+/// it goes (unless the test already failed).
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        let log = self.log_text();
+        if !std::thread::panicking() {
+            assert!(!log.contains("panicked"), "the server panicked:\n{log}");
         }
     }
 }

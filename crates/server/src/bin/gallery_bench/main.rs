@@ -481,6 +481,12 @@ impl Gallery for BeforeLog {
     fn flush(&self) -> Result<(), simsiam_server::gallery::GalleryError> {
         Ok(())
     }
+    fn probe(&self) -> Result<(), simsiam_server::gallery::GalleryError> {
+        Ok(())
+    }
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 fn postgres(args: &Args, url: &str, d: &Data, truth: &Truth) -> anyhow::Result<Figures> {
