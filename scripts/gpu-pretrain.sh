@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pretraining and fine-tuning on a GPU host that has PyTorch's libraries but no Rust
-# toolchain, in one call of a few minutes, prepared and checked here.
+# toolchain, in one command of a few minutes, prepared and checked here.
 #
 #   scripts/gpu-pretrain.sh prepare         here: build the trainer, strip and compress it,
 #                                            pack the training split, into .gpu/ (ignored)
@@ -16,10 +16,12 @@
 #   scripts/gpu-pretrain.sh dry-run         here, on CPU: all three, tiny, end to end
 #
 # The host runs `remote` in the project folder with .gpu/ copied beside it, and $OUT set to
-# a folder that comes back. Planned for a host that carries at most 64 MiB per call (tracked
-# files included, about 28 MiB) and returns at most 8 files of 16 MiB: the payload is the
-# xz-compressed trainer (about 2.5 MiB) and the training split re-encoded at 96 px, JPEG
-# quality 60 (about 29 MiB).
+# a folder that you copy back. It needs PyTorch 2.11.0's libraries for CUDA 13 (libtorch
+# and the nvidia-* cuDNN and cuBLAS wheels) in a Python environment, TORCH_VENV (default
+# /opt/torch/.venv). The payload is kept small for hosts reached through narrow copies
+# (at most 64 MiB in with the tracked files, 8 files of 16 MiB back): the xz-compressed
+# trainer (about 2.5 MiB) and the training split re-encoded at 96 px, JPEG quality 60
+# (about 29 MiB).
 #
 # Settings (environment): SIZES="64 80 96" candidate image sizes; BUDGET_S=300 seconds of
 # pretraining; FT_BUDGET_S=150 seconds of fine-tuning; BATCH=256; PRECISION=bf16;
@@ -53,16 +55,16 @@ prepare() {
   local carried tracked
   carried=$(du -sb "$GPU_DIR" | cut -f1)
   tracked=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1)
-  say "payload $GPU_DIR: $((carried >> 20)) MiB; tracked files: $((tracked >> 20)) MiB; together $(((carried + tracked) >> 20)) MiB of the 64 MiB a call carries"
+  say "payload $GPU_DIR: $((carried >> 20)) MiB; tracked files: $((tracked >> 20)) MiB; together $(((carried + tracked) >> 20)) MiB (keep it under 64 MiB for hosts reached through narrow copies)"
   (( carried + tracked < 64 << 20 )) || die "the payload and the tracked files exceed 64 MiB: lower PACK_QUALITY or PACK_SIDE"
   say "next, on the GPU host: bash scripts/gpu-pretrain.sh remote (with $GPU_DIR beside it, OUT set)"
 }
 
-# The GPU machine has PyTorch 2.11.0 (CUDA 13) in /opt/torch/.venv: its torch/lib holds
-# libtorch, and the nvidia-* packages beside it cuDNN and cuBLAS. The trainer's RUNPATH
-# points at this machine's paths, so the loader is told where they are.
+# The host's PyTorch 2.11.0 (CUDA 13) environment: its torch/lib holds libtorch, and the
+# nvidia-* packages beside it cuDNN and cuBLAS. The trainer's RUNPATH points at the build
+# machine's paths, so the loader is told where they are.
 use_machine_libtorch() {
-  local py=/opt/torch/.venv/bin/python
+  local py=${TORCH_VENV:-/opt/torch/.venv}/bin/python
   [[ -x "$py" ]] || return 0
   local site
   site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -78,7 +80,7 @@ epochs_in_budget() {
 }
 
 remote() {
-  local out=${OUT:?set OUT to the folder that goes back (the runner on the GPU host sets it)}
+  local out=${OUT:?set OUT to the folder that goes back (you copy it back)}
   mkdir -p "$out"
   local device=${DEVICE:-cuda} batch=${BATCH:-256} precision=${PRECISION:-bf16}
   local sizes=${SIZES:-64 80 96} config=${CONFIG:-config/gpu-model.toml}

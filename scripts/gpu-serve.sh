@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
-# Serving on the lent GPU machine through ONNX Runtime's CUDA provider, prepared here.
+# Serving on a GPU host through ONNX Runtime's CUDA provider, prepared here.
 #
-# That machine has CUDA 13, cuDNN and cuBLAS (in /opt/torch/.venv) but only the CPU build
-# of onnxruntime, and a call carries at most 64 MiB, tracked files included (about 27 MiB).
+# Made for a host that has CUDA 13, cuDNN and cuBLAS (in a PyTorch 2.11 environment,
+# TORCH_VENV, default /opt/torch/.venv) but only the CPU build of onnxruntime, reached by
+# copies of at most 64 MiB at a time, tracked files included (about 27 MiB).
 # The CUDA build's libraries (onnxruntime-gpu 1.31.1: libonnxruntime, the shared-provider
-# bridge and the CUDA provider, 284 MB alone) travel compressed, in parts, one per call;
-# ignored files stay on a warm machine between calls (it is given back after 30 s idle),
-# so the calls must follow each other without a pause.
+# bridge and the CUDA provider, 284 MB alone) travel compressed, in parts, one per copy;
+# `receive` on the host says which have arrived.
 #
 #   scripts/gpu-serve.sh prepare      here: build and strip the server and server-bench,
 #                                      fetch the onnxruntime-gpu wheel from PyPI, compress its
 #                                      libraries into parts under .gpu-serve/, carry 64 real
-#                                      request JPEGs; prints the device calls, in order
+#                                      request JPEGs; prints the copies and commands, in order
 #   scripts/gpu-serve.sh receive      there: check the parts that have arrived (sha256), say
-#                                      which are still missing and how long the calls took
-#   scripts/gpu-serve.sh remote       there, last call: reassemble the CUDA build, then the
+#                                      which are still missing and how long the copies took
+#   scripts/gpu-serve.sh remote       there, after the last copy: reassemble the CUDA build, then the
 #                                      provider parity, the decode-bound limit and server-bench
 #                                      at concurrency 1, 8, 32, 128 beside a bare CUDA
 #                                      session; results in $OUT/log.txt
 #   scripts/gpu-serve.sh dry-run      here, on CPU: the same with the CPU onnxruntime wheel
 #                                      standing in for the GPU one, tiny benchmark
 #
-# Only the kernels for the H200's architecture travel (`scripts/prune_fatbin.py`, KEEP_SM=90;
-# PRUNE=0 carries all six generations, in about three times as many calls).
+# Only the kernels for one GPU architecture travel (Hopper, H100/H200, by default) (`scripts/prune_fatbin.py`, KEEP_SM=90;
+# PRUNE=0 carries all six generations, in about three times as many copies).
 #
 # Settings (environment): PART_MIB=30 (part size); ROUNDS=5, REQUESTS=640,
 # CONCURRENCY=1,8,32,128 (server-bench); PROVIDER=cuda; ORT_WHEEL (a wheel file to use
@@ -75,7 +75,7 @@ prepare() {
   wheel_libs "$wheel" "$DIR/stage/ort"
   local cuda="$DIR/stage/ort/libonnxruntime_providers_cuda.so"
   if [[ -f "$cuda" && "${PRUNE:-1}" == 1 ]]; then
-    # Only the H200's kernels (sm_90a) travel: 284 MB of the provider are kernels for six
+    # Only Hopper's kernels (sm_90a) travel: 284 MB of the provider are kernels for six
     # GPU generations. cuobjdump (a 0.3 MB wheel) checks that what is left still parses.
     python3 scripts/prune_fatbin.py "$cuda" "$cuda.pruned" --keep "${KEEP_SM:-90}"
     .venv/bin/python -m pip download --no-deps --disable-pip-version-check -q nvidia-cuda-cuobjdump -d .whl
@@ -104,29 +104,28 @@ prepare() {
   local parts tracked
   parts=$(ls "$DIR"/ort.part-* | wc -l)
   tracked=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1)
-  say "$parts parts of at most $PART_MIB MiB; tracked files $((tracked >> 20)) MiB travel with each call"
-  say "the device calls, one after the other (each starts within 30 s of the last):"
+  say "$parts parts of at most $PART_MIB MiB; with the tracked files ($((tracked >> 20)) MiB), copy to the GPU host, in order:"
   local i=0 first=1 part carry bytes
   for part in "$DIR"/ort.part-*; do
-    carry="\"$part\""
+    carry="$part"
     bytes=$((tracked + $(stat -c %s "$part")))
     if (( first )); then
-      carry="\"$DIR/SHA256SUMS\", \"$DIR/bin.tar.xz\", \"$DIR/images\", $carry"; first=0
+      carry="$DIR/SHA256SUMS $DIR/bin.tar.xz $DIR/images/ $carry"; first=0
       bytes=$((bytes + $(du -scb "$DIR/SHA256SUMS" "$DIR/bin.tar.xz" "$DIR/images" | tail -n 1 | cut -f1)))
     fi
-    (( bytes < 64 << 20 )) || die "call $((i + 1)) would carry $((bytes >> 20)) MiB, more than 64: lower PART_MIB"
+    (( bytes < 64 << 20 )) || die "copy $((i + 1)) would be $((bytes >> 20)) MiB, more than 64: lower PART_MIB"
     i=$((i + 1))
     if (( i < parts )); then
-      say "  $i. ($((bytes >> 20)) MiB) run(command=\"bash scripts/gpu-serve.sh receive\", carry=[$carry], timeout_s=120)"
+      say "  $i. ($((bytes >> 20)) MiB) $carry, then there: bash scripts/gpu-serve.sh receive"
     else
-      say "  $i. ($((bytes >> 20)) MiB) run(command=\"bash scripts/gpu-serve.sh remote\", carry=[$carry], timeout_s=590)"
+      say "  $i. ($((bytes >> 20)) MiB) $carry, then there: OUT=<a folder to copy back> bash scripts/gpu-serve.sh remote"
     fi
   done
 }
 
 # Which parts are here and intact; the missing ones are named.
 check_parts() {
-  [[ -f "$DIR/SHA256SUMS" ]] || die "no $DIR/SHA256SUMS: the first call carries it"
+  [[ -f "$DIR/SHA256SUMS" ]] || die "no $DIR/SHA256SUMS: the first copy carries it"
   local missing=0 line sum file
   while read -r sum file; do
     if [[ ! -f "$DIR/$file" ]]; then
@@ -142,12 +141,12 @@ receive() {
   date +%s >> "$DIR/arrivals"
   local missing=0
   check_parts || missing=$?
-  say "$(ls "$DIR"/ort.part-* 2>/dev/null | wc -l) parts here, $missing missing; $(awk 'NR==1{f=$1} {l=$1} END {print l-f}' "$DIR/arrivals") s since the first call"
+  say "$(ls "$DIR"/ort.part-* 2>/dev/null | wc -l) parts here, $missing missing; $(awk 'NR==1{f=$1} {l=$1} END {print l-f}' "$DIR/arrivals") s since the first copy"
 }
 
-# The machine's CUDA 13 libraries (cuDNN, cuBLAS, ...) live in its PyTorch environment.
+# The host's CUDA 13 libraries (cuDNN, cuBLAS, ...) live in its PyTorch environment.
 use_machine_cuda() {
-  local py=/opt/torch/.venv/bin/python
+  local py=${TORCH_VENV:-/opt/torch/.venv}/bin/python
   [[ -x "$py" ]] || return 0
   local site dirs=""
   site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -156,11 +155,11 @@ use_machine_cuda() {
 }
 
 remote() {
-  local out=${OUT:?set OUT to the folder that goes back (the device tool sets it)}
+  local out=${OUT:?set OUT to the folder that goes back (you copy it back)}
   mkdir -p "$out"
   local log="$out/log.txt" t0=$SECONDS
   receive 2>&1 | tee -a "$log" >&2
-  check_parts || die "parts are missing: run the earlier calls first"
+  check_parts || die "parts are missing: copy them first"
   mkdir -p "$DIR/run"
   cat "$DIR"/ort.part-* | xz -dc | tar -C "$DIR/run" -xf -
   tar -C "$DIR/run" -xJf "$DIR/bin.tar.xz"

@@ -2,6 +2,8 @@
 //! through the same functions the server and `trainer gallery` use (decoding, the
 //! evaluation transform, ONNX Runtime, the probe).
 //!
+//! Also the README's layout table against the tree: every path and file it names exists.
+//!
 //! One integration-test binary for the core crate; the trainer's and the server's live
 //! in their crates (`crates/trainer/tests`, `crates/server/tests`).
 
@@ -94,4 +96,85 @@ fn the_default_encoder_embeds_and_classifies_a_photo() {
     assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-4);
     let top = probe.top_k(&e, 5).expect("top 5");
     assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "{top:?}");
+}
+
+/// Every file or folder under `dir` (relative, `/`-separated), skipping build output.
+fn tree(dir: &Path) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if ["target", "node_modules", "dist", ".venv", ".git"].contains(&name.as_str()) {
+                continue;
+            }
+            let rel = path
+                .strip_prefix(dir)
+                .map_or(name.clone(), |r| r.to_string_lossy().replace('\\', "/"));
+            let is_dir = path.is_dir();
+            if is_dir {
+                stack.push(path);
+            }
+            out.push((rel, is_dir));
+        }
+    }
+    out
+}
+
+/// The layout table's rows: the path in the first column, and the backticked names in the
+/// second that are files or folders (`x.rs`, `name/`; crate names and prose are not).
+#[test]
+fn the_readme_layout_names_only_what_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let layout = readme
+        .split("\n## Layout")
+        .nth(1)
+        .expect("a Layout section")
+        .split("\n## ")
+        .next()
+        .unwrap_or_default();
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let (mut rows, mut missing) = (0, Vec::new());
+    for line in layout.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let Some(path) = ticked(cells[0]).into_iter().next() else {
+            continue;
+        };
+        rows += 1;
+        let base = root.join(&path);
+        if !base.exists() {
+            missing.push(path.clone());
+            continue;
+        }
+        let files = tree(&base);
+        for name in ticked(cells.get(1).copied().unwrap_or_default()) {
+            let wants_dir = name.ends_with('/');
+            let bare = name.trim_end_matches('/');
+            if !(wants_dir || bare.contains('.')) || bare.contains(' ') {
+                continue;
+            }
+            let found = files.iter().any(|(rel, is_dir)| {
+                (rel == bare || rel.ends_with(&format!("/{bare}"))) && (!wants_dir || *is_dir)
+            });
+            if !found {
+                missing.push(format!("{path} … {name}"));
+            }
+        }
+    }
+    assert!(rows >= 10, "the layout table was not found ({rows} rows)");
+    assert!(
+        missing.is_empty(),
+        "README.md's layout names what is not in the tree: {missing:?}"
+    );
 }

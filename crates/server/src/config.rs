@@ -75,7 +75,7 @@ pub enum RequestPriority {
     Low,
     /// `SCHED_IDLE`: they run only when the model's threads wait. The highest throughput
     /// when the server has its cores (or its container's) to itself; a CPU-bound neighbour
-    /// outside its container slows them down about tenfold (README, "Server").
+    /// outside its container slows them down about tenfold (docs/server.md).
     #[default]
     Idle,
 }
