@@ -1389,9 +1389,12 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 let e_point_v = e_p.point_ref.data.get_v();
                 assert!(e_p.dist_to_ref <= 0.);
                 // is e_p the nearest to reference? data than to previous neighbours
+                // Strictly nearer (simsiam patch, PATCHES.md #9), as hnswlib's
+                // getNeighborsByHeuristic2: with 0.3.5's `<=`, an exact duplicate of a kept
+                // neighbour ties with every other candidate, which were all dropped.
                 if !neighbours_vec.is_empty() {
                     e_to_insert = !neighbours_vec.iter().any(|d| {
-                        self.dist_f.eval(e_point_v, d.point_ref.data.get_v()) <= -e_p.dist_to_ref
+                        self.dist_f.eval(e_point_v, d.point_ref.data.get_v()) < -e_p.dist_to_ref
                     });
                 }
                 if e_to_insert {

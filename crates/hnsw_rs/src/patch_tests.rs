@@ -118,6 +118,33 @@ fn a_full_neighbour_list_keeps_the_diverse_links_not_the_nearest() {
     assert_eq!(kept, vec![1, west], "one per direction, nearest first");
 }
 
+#[test]
+fn an_exact_duplicate_does_not_cut_its_twin_off() {
+    // q's list is full with one link in each direction; its twin (the same vector, as when
+    // the same photo is added twice) then links to it.
+    let (q, twin) = (0, 5);
+    let vectors = [
+        [0.0, 0.0],
+        [1.0, 0.0],
+        [0.0, 1.0],
+        [-1.0, 0.0],
+        [0.0, -1.0],
+        [0.0, 0.0],
+    ];
+    let levels = [0; 6];
+    let links = [(q, 0, 1), (q, 0, 2), (q, 0, 3), (q, 0, 4), (twin, 0, q)];
+    let (graph, points) = wired(&vectors, &levels, &links, q);
+    graph.reverse_update_neighborhood_simple(Arc::clone(&points[twin]));
+    let kept: Vec<usize> = points[q].neighbours.read()[0]
+        .iter()
+        .map(|n| n.point_ref.get_origin_id())
+        .collect();
+    // A candidate as far from a kept neighbour as from q is not redundant: with `<=` every
+    // direction tied with the twin and q kept the twin alone, an island of two.
+    assert_eq!(kept.len(), 4, "the twin and three directions: {kept:?}");
+    assert_eq!(kept[0], twin, "nearest first");
+}
+
 /// `n` points around 120 centres in 32 dimensions, each at about the same distance from its
 /// centre: the shape of a gallery of breeds.
 fn clustered(n: usize, seed: u64) -> Vec<Vec<f32>> {
