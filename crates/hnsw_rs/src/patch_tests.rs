@@ -94,6 +94,16 @@ fn the_search_ends_on_layer_zero_where_every_point_lives() {
 /// PATCHES.md #3. q's layer-0 list is full (2M = 4) with a tight cluster to the east; a new
 /// point to the west links to q. 0.3.5 kept the four nearest and dropped the only link
 /// westward; the heuristic keeps the western one.
+/// Point `q` (level 0) linked to points 1 to 4, which fills its layer-0 list; then point
+/// `new` links to `q`, and the reverse update adds it to `q`'s full list. `q`'s list after.
+fn layer0_after_new_link(vectors: &[[f32; 2]; 6], q: usize, new: usize) -> Vec<usize> {
+    let links = [(q, 0, 1), (q, 0, 2), (q, 0, 3), (q, 0, 4), (new, 0, q)];
+    let (graph, points) = wired(vectors, &[0; 6], &links, q);
+    graph.reverse_update_neighborhood_simple(Arc::clone(&points[new]));
+    let list = points[q].neighbours.read()[0].clone();
+    list.iter().map(|n| n.point_ref.get_origin_id()).collect()
+}
+
 #[test]
 fn a_full_neighbour_list_keeps_the_diverse_links_not_the_nearest() {
     let (q, west) = (0, 5);
@@ -105,14 +115,7 @@ fn a_full_neighbour_list_keeps_the_diverse_links_not_the_nearest() {
         [1.1, 0.1],
         [-2.0, 0.0],
     ];
-    let levels = [0; 6];
-    let links = [(q, 0, 1), (q, 0, 2), (q, 0, 3), (q, 0, 4), (west, 0, q)];
-    let (graph, points) = wired(&vectors, &levels, &links, q);
-    graph.reverse_update_neighborhood_simple(Arc::clone(&points[west]));
-    let kept: Vec<usize> = points[q].neighbours.read()[0]
-        .iter()
-        .map(|n| n.point_ref.get_origin_id())
-        .collect();
+    let kept = layer0_after_new_link(&vectors, q, west);
     assert!(kept.contains(&west), "the westward link is kept: {kept:?}");
     // The heuristic keeps one point of the eastern cluster, the nearest, and the western one.
     assert_eq!(kept, vec![1, west], "one per direction, nearest first");
@@ -131,14 +134,7 @@ fn an_exact_duplicate_does_not_cut_its_twin_off() {
         [0.0, -1.0],
         [0.0, 0.0],
     ];
-    let levels = [0; 6];
-    let links = [(q, 0, 1), (q, 0, 2), (q, 0, 3), (q, 0, 4), (twin, 0, q)];
-    let (graph, points) = wired(&vectors, &levels, &links, q);
-    graph.reverse_update_neighborhood_simple(Arc::clone(&points[twin]));
-    let kept: Vec<usize> = points[q].neighbours.read()[0]
-        .iter()
-        .map(|n| n.point_ref.get_origin_id())
-        .collect();
+    let kept = layer0_after_new_link(&vectors, q, twin);
     // A candidate as far from a kept neighbour as from q is not redundant: with `<=` every
     // direction tied with the twin and q kept the twin alone, an island of two.
     assert_eq!(kept.len(), 4, "the twin and three directions: {kept:?}");

@@ -60,8 +60,7 @@ impl Fetcher {
     /// The bytes at `url` (image `index` of the request), following at most
     /// [`REDIRECTS`] redirects, each checked first. Blocking: call it on the blocking pool.
     pub fn fetch(&self, url: &str, index: usize) -> Result<Vec<u8>, ApiError> {
-        let fail =
-            |why: String| ApiError::BadRequest(format!("image {index}: cannot fetch {url}: {why}"));
+        let fail = |why: String| ApiError::BadRequest(cannot_fetch(index, url, &why));
         let deadline = Instant::now() + self.timeout;
         let mut at = Url::parse(url.trim()).map_err(|e| fail(format!("not a URL: {e}")))?;
         self.check_target(&at).map_err(fail)?;
@@ -85,12 +84,14 @@ impl Fetcher {
             if !(300..400).contains(&response.status()) {
                 return self.body(response, url, index);
             }
-            at = self.redirect(&at, &response).map_err(|why| {
-                ApiError::BadRedirect(format!("image {index}: cannot fetch {url}: {why}"))
-            })?;
+            at = self
+                .redirect(&at, &response)
+                .map_err(|why| ApiError::BadRedirect(cannot_fetch(index, url, &why)))?;
         }
-        Err(ApiError::BadRedirect(format!(
-            "image {index}: cannot fetch {url}: more than {REDIRECTS} redirects"
+        Err(ApiError::BadRedirect(cannot_fetch(
+            index,
+            url,
+            &format!("more than {REDIRECTS} redirects"),
         )))
     }
 
@@ -132,8 +133,7 @@ impl Fetcher {
 
     /// The body of the final answer, at most `max_bytes`.
     fn body(&self, response: ureq::Response, url: &str, index: usize) -> Result<Vec<u8>, ApiError> {
-        let fail =
-            |why: String| ApiError::BadRequest(format!("image {index}: cannot fetch {url}: {why}"));
+        let fail = |why: String| ApiError::BadRequest(cannot_fetch(index, url, &why));
         let declared = response
             .header("content-length")
             .and_then(|v| v.parse::<usize>().ok());
@@ -157,6 +157,11 @@ impl Fetcher {
         }
         Ok(bytes)
     }
+}
+
+/// Every refusal's message: which image, which URL, why.
+fn cannot_fetch(index: usize, url: &str, why: &str) -> String {
+    format!("image {index}: cannot fetch {url}: {why}")
 }
 
 /// The reason of a transport error, without ureq's repetition of the URL: its kind and
