@@ -60,7 +60,7 @@ bench-train: build
 
 # Server images/s and latency at concurrency 1, 8, 32 beside a bare ONNX Runtime session.
 bench-server: setup-runtime
-	$(CARGO) build --release -p simsiam-server --bin server --bin server-bench
+	$(CARGO) build --release -p simsiam-server -p simsiam-bench --bin server --bin server-bench
 	./target/release/server-bench --model $(MODEL) --images $(BENCH_IMAGES)
 
 # The embedded gallery (before and after its log) beside PostgreSQL + pgvector, on
@@ -69,7 +69,7 @@ bench-server: setup-runtime
 # on the same vectors (bench/anchors, in their own venv).
 GALLERY_N ?= 100000
 bench-gallery: setup
-	$(CARGO) build --release -p simsiam-server --bin gallery-bench
+	$(CARGO) build --release -p simsiam-bench --bin gallery-bench
 	rm -rf target/bench-postgres target/bench-vectors
 	url=$$(.venv/bin/python scripts/throwaway_postgres.py start target/bench-postgres) && \
 	  ./target/release/gallery-bench --n $(GALLERY_N) --postgres-url "$$url" --vectors-out target/bench-vectors; \
@@ -94,5 +94,5 @@ fuzz: setup
 # connections, readiness and resident memory watched (server-bench --soak).
 SOAK_SECONDS ?= 600
 soak: setup-runtime
-	$(CARGO) build --release -p simsiam-server --bin server --bin server-bench
+	$(CARGO) build --release -p simsiam-server -p simsiam-bench --bin server --bin server-bench
 	./target/release/server-bench --model $(MODEL) --images $(BENCH_IMAGES) --soak $(SOAK_SECONDS)

@@ -59,7 +59,7 @@ PY
 
 prepare() {
   bash scripts/setup.sh runtime
-  cargo build --release -p simsiam-server --bin server --bin server-bench
+  cargo build --release -p simsiam-server -p simsiam-bench --bin server --bin server-bench
   rm -rf "$DIR"
   mkdir -p "$DIR/stage/bin" "$DIR/images"
   strip -o "$DIR/stage/bin/server" target/release/server

@@ -12,12 +12,12 @@
 //! whose files do not match, naming the file, so a corrupted or hand-edited bundle never
 //! serves wrong answers silently.
 
+use crate::files::{write_atomic, FileError};
 use crate::preprocess::EvalTransform;
 use crate::probe::{LinearProbe, ProbeError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -28,11 +28,8 @@ pub const GALLERY_VECTORS: &str = "gallery.f32";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error("{path}: not valid JSON for this file: {source}")]
     Json {
         path: PathBuf,
@@ -61,10 +58,7 @@ fn json(path: &Path) -> impl FnOnce(serde_json::Error) -> BundleError + '_ {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| FileError::at(path)(source).into()
 }
 
 /// How request pixels become model input; mirrors [`EvalTransform`].
@@ -226,30 +220,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, so a crash leaves
-/// either the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(source) = written {
-        // A half-written temporary file must not hold the space (a full disk) it failed on.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(BundleError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    if let Some(dir) = path.parent() {
-        // Make the rename itself durable; not every platform lets a directory be synced.
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
-}
-
 /// (Re)computes the hashes of `files` in `dir` and writes the manifest atomically.
 pub fn write_manifest(
     dir: &Path,
@@ -264,7 +234,7 @@ pub fn write_manifest(
     }
     let path = dir.join(MANIFEST);
     let text = serde_json::to_string_pretty(manifest).map_err(json(&path))?;
-    write_atomic(&path, text.as_bytes())
+    Ok(write_atomic(&path, text.as_bytes())?)
 }
 
 /// A verified bundle on disk.
@@ -392,7 +362,7 @@ impl SeedGallery {
         write_atomic(&dir.join(GALLERY_VECTORS), &bytes)?;
         let path = dir.join(GALLERY_META);
         let text = serde_json::to_string(&self.meta).map_err(json(&path))?;
-        write_atomic(&path, text.as_bytes())
+        Ok(write_atomic(&path, text.as_bytes())?)
     }
 
     pub fn load(dir: &Path) -> Result<Self, BundleError> {

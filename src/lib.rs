@@ -27,6 +27,7 @@ pub mod bundle;
 pub mod classes;
 pub mod config;
 pub mod decode;
+pub mod files;
 pub mod preprocess;
 pub mod probe;
 pub mod runtime;

@@ -136,7 +136,8 @@ pub fn write_bundle(
     let weights = random_weights(spec.backbone, false, spec.seed);
     let encoder = EncoderSpec::new(spec.backbone, spec.image_size);
     let (onnx, info) = export_encoder_with_info(&encoder, &|name| weights.get(name).cloned())?;
-    bundle::write_atomic(&dir.join(bundle::ENCODER), &onnx)?;
+    simsiam::files::write_atomic(&dir.join(bundle::ENCODER), &onnx)
+        .map_err(bundle::BundleError::from)?;
     random_probe(spec, info.output_dim).save(&dir.join(bundle::PROBE))?;
     let t = EvalTransform::for_crop(spec.image_size);
     let mut manifest = manifest(spec, &t, &info);

@@ -26,7 +26,7 @@ pub struct OrtEncoder {
 
 /// Which execution provider a session ended up with (logged at start-up and shown in
 /// `GET /v1/models`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ActiveProvider {
     Cpu,

@@ -115,20 +115,53 @@ impl From<actix_web::error::BlockingError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+// Whoever produced it: a handler ([`ApiError`]) or actix itself (a 405, a malformed
+// request; see [`ErrorBody::for_status`]).
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: String,
-    /// OpenAI's error class.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// This API's stable code, e.g. `bad_image`, `overloaded`.
+    pub code: String,
+    pub message: String,
+    /// OpenAI's error class: `invalid_request_error`, `authentication_error`,
+    /// `permission_error`, `not_found_error` or `server_error`.
     #[serde(rename = "type")]
-    kind: &'static str,
+    pub kind: &'static str,
     /// The request parameter at fault, when there is one.
-    param: Option<&'a str>,
+    pub param: Option<&'static str>,
+}
+
+impl ErrorBody {
+    /// An error actix answered before any handler ran: its code is the status's name
+    /// (`method_not_allowed`).
+    pub fn for_status(status: StatusCode) -> Self {
+        let message = status.canonical_reason().unwrap_or("error").to_string();
+        ErrorBody {
+            error: ErrorDetail {
+                code: message.to_ascii_lowercase().replace(' ', "_"),
+                message,
+                kind: class(status.as_u16(), false),
+                param: None,
+            },
+        }
+    }
+}
+
+/// OpenAI's class of an error, from its status.
+fn class(status: u16, model_not_found: bool) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 if !model_not_found => "not_found_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    }
 }
 
 impl ApiError {
@@ -158,19 +191,16 @@ impl ApiError {
 impl ApiError {
     /// OpenAI's class of the error, from its status.
     pub fn kind(&self) -> &'static str {
-        match self.status_code().as_u16() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 if !matches!(self, ApiError::ModelNotFound(_)) => "not_found_error",
-            400..=499 => "invalid_request_error",
-            _ => "server_error",
-        }
+        class(
+            self.status_code().as_u16(),
+            matches!(self, ApiError::ModelNotFound(_)),
+        )
     }
 
     /// The parameter at fault, when the error names one.
-    pub fn param(&self) -> Option<&str> {
+    pub fn param(&self) -> Option<&'static str> {
         match self {
-            ApiError::InvalidParam { param, .. } => Some(param),
+            ApiError::InvalidParam { param, .. } => Some(*param),
             ApiError::ModelNotFound(_) => Some("model"),
             _ => None,
         }
@@ -209,9 +239,9 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        res.json(Body {
-            error: Detail {
-                code: self.code(),
+        res.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code().into(),
                 message: self.to_string(),
                 kind: self.kind(),
                 param: self.param(),
@@ -342,7 +372,7 @@ mod tests {
     #[actix_web::test]
     async fn a_full_disk_is_507_insufficient_storage_without_retry_after() {
         for errno in [28, 122] {
-            let full = simsiam::bundle::BundleError::Io {
+            let full = simsiam::files::FileError {
                 path: "var/gallery/gallery.log.00000001".into(),
                 source: std::io::Error::from_raw_os_error(errno),
             };
@@ -356,7 +386,7 @@ mod tests {
             let res = e.error_response();
             assert!(res.headers().get(header::RETRY_AFTER).is_none());
         }
-        let other = simsiam::bundle::BundleError::Io {
+        let other = simsiam::files::FileError {
             path: "x".into(),
             source: std::io::Error::from_raw_os_error(5),
         };

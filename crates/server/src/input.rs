@@ -38,9 +38,7 @@ impl Input {
     /// Refuses requests without images or with more than the configured maximum.
     pub fn require_images(&self, limits: &LimitsConfig) -> Result<(), ApiError> {
         if self.images.is_empty() {
-            return Err(ApiError::Unprocessable(
-                "no images: send multipart files named `images`, a raw image body, or JSON {\"images\": [\"<base64>\"]}".into(),
-            ));
+            return Err(no_images());
         }
         self.check_count(limits)
     }
@@ -55,6 +53,13 @@ impl Input {
         }
         Ok(())
     }
+}
+
+/// A request that needed images and had none.
+pub fn no_images() -> ApiError {
+    ApiError::Unprocessable(
+        "no images: send multipart files named `images`, a raw image body, or JSON {\"images\": [\"<base64>\"]}".into(),
+    )
 }
 
 /// Reads the whole request (bounded by `limits.max_body_bytes`); images given as URLs are

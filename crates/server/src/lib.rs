@@ -17,8 +17,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod batcher;
-pub mod client;
 pub mod config;
 pub mod encoder;
 pub mod error;
@@ -27,6 +27,7 @@ pub mod gallery;
 pub mod health;
 pub mod input;
 pub mod metrics;
+pub mod openapi;
 pub mod pipeline;
 pub mod priority;
 pub mod routes;
@@ -40,7 +41,7 @@ use actix_web::http::header;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
 use config::ServerConfig;
-use error::ApiError;
+use error::{ApiError, ErrorBody};
 use state::{AppState, StartError};
 use std::time::Instant;
 
@@ -56,9 +57,6 @@ pub enum ServeError {
     #[error("server stopped with an error: {0}")]
     Run(std::io::Error),
 }
-
-/// Paths anyone may call, even when an API key is configured.
-const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/", "/openapi.json"];
 
 /// Starts everything, serves until SIGINT/SIGTERM, drains in-flight requests, then flushes
 /// the gallery and stops the inference threads.
@@ -85,8 +83,8 @@ pub async fn serve(cfg: ServerConfig) -> Result<(), ServeError> {
         priority::lower_this_thread(priority);
         App::new()
             .app_data(data.clone())
-            // Outermost last: metrics see everything; CORS headers reach 401s too.
-            .wrap(from_fn(authorize))
+            // Outermost last: metrics see everything; CORS headers reach 401s too (API
+            // keys are checked per route: `auth`).
             .wrap(cors(&origins))
             .wrap(from_fn(observe))
             .configure(routes::configure)
@@ -161,73 +159,6 @@ fn cors(origins: &[String]) -> actix_cors::Cors {
     c
 }
 
-/// Which key a route needs (see [`config::AuthConfig`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Health, readiness and the docs.
-    Public,
-    /// Embed, search, classify, models, gallery counts: the read key or the admin key.
-    Read,
-    /// Gallery writes and metrics: the admin key.
-    Admin,
-}
-
-/// The role a request needs, from its method and path.
-pub fn role(method: &actix_web::http::Method, path: &str) -> Role {
-    if PUBLIC.contains(&path) || method == actix_web::http::Method::OPTIONS {
-        Role::Public
-    } else if path == "/metrics"
-        || (path.starts_with("/v1/gallery") && method != actix_web::http::Method::GET)
-    {
-        Role::Admin
-    } else {
-        Role::Read
-    }
-}
-
-/// Bearer API keys, when any is configured, compared in constant time: 401 without a
-/// valid key, 403 with the read key on an admin route.
-async fn authorize(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let Some(auth) = req
-        .app_data::<web::Data<AppState>>()
-        .map(|s| s.cfg.auth.clone())
-        .filter(|a| a.enabled())
-    else {
-        return Ok(next.call(req).await?.map_into_boxed_body());
-    };
-    let needed = role(req.method(), req.path());
-    if needed != Role::Public {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let matches =
-            |key: &str| !key.is_empty() && constant_time_eq(given.as_bytes(), key.as_bytes());
-        let (admin, read) = (matches(&auth.admin_key), matches(&auth.read_key));
-        let refused = match needed {
-            _ if admin => None,
-            Role::Read if read => None,
-            Role::Admin if read => Some(ApiError::Forbidden),
-            _ => Some(ApiError::Unauthorized),
-        };
-        if let Some(e) = refused {
-            return Ok(req.into_response(e.error_response()));
-        }
-    }
-    Ok(next.call(req).await?.map_into_boxed_body())
-}
-
-/// Equal-length inputs take the same time whatever their content; the length itself is
-/// not secret.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Request counts and latency per route and status, the [`timing`] headers; gives error
 /// responses produced by actix itself (405, payload errors) the JSON error body every
 /// other error has.
@@ -254,15 +185,13 @@ async fn observe(
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
     {
         let (req, old) = res.into_parts();
-        let message = status.canonical_reason().unwrap_or("error").to_string();
-        let code = message.to_ascii_lowercase().replace(' ', "_");
         let mut new = HttpResponse::build(status);
         for (k, v) in old.headers() {
             if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
                 new.insert_header((k.clone(), v.clone()));
             }
         }
-        let body = new.json(serde_json::json!({"error": {"code": code, "message": message}}));
+        let body = new.json(ErrorBody::for_status(status));
         ServiceResponse::new(req, body)
     } else {
         res
@@ -273,28 +202,4 @@ async fn observe(
             .record_request(&route, res.status().as_u16(), start.elapsed());
     }
     Ok(res)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use actix_web::http::Method;
-
-    #[test]
-    fn gallery_writes_and_metrics_are_admin_and_the_rest_reads() {
-        for (m, path, want) in [
-            (Method::POST, "/v1/embed", Role::Read),
-            (Method::POST, "/v1/search", Role::Read),
-            (Method::POST, "/v1/classify", Role::Read),
-            (Method::GET, "/v1/models", Role::Read),
-            (Method::GET, "/v1/gallery", Role::Read),
-            (Method::POST, "/v1/gallery", Role::Admin),
-            (Method::DELETE, "/v1/gallery/a/b", Role::Admin),
-            (Method::GET, "/metrics", Role::Admin),
-            (Method::GET, "/readyz", Role::Public),
-            (Method::OPTIONS, "/v1/gallery", Role::Public),
-        ] {
-            assert_eq!(role(&m, path), want, "{m} {path}");
-        }
-    }
 }

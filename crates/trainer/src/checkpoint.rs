@@ -111,7 +111,7 @@ fn sync(path: &Path) -> Result<(), TrainError> {
 /// A save is one atomic step, whatever moment the process is killed at: the tensors go to
 /// files named after the epoch (`checkpoint-e0005.safetensors`, `….optim.safetensors`),
 /// written under temporary names, fsynced and renamed; then `<tag>.json`, which names
-/// them, replaces the old one atomically ([`bundle::write_atomic`]). Until that rename the
+/// them, replaces the old one atomically ([`simsiam::files::write_atomic`]). Until that rename the
 /// old JSON still names the old, complete files; afterwards the new ones. Files no
 /// checkpoint names any more are removed last.
 pub fn save(
@@ -161,8 +161,8 @@ pub fn save(
 fn commit(dir: &Path, tag: &str, meta: &CheckpointMeta) -> Result<(), TrainError> {
     let json = json_path(dir, tag);
     let text = serde_json::to_string_pretty(meta).map_err(TrainError::json(&json))?;
-    simsiam::bundle::write_atomic(&json, text.as_bytes())
-        .map_err(|e| TrainError::io(&json)(std::io::Error::other(e)))
+    simsiam::files::write_atomic(&json, text.as_bytes())
+        .map_err(|e| TrainError::io(&json)(e.source))
 }
 
 /// Removes the tensor files that neither `checkpoint-last` nor `checkpoint-best` names,

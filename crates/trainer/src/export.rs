@@ -74,7 +74,8 @@ pub fn export(
     );
     let parity = checked_parity(&s, &bytes, cfg, &t, opts.fp16)?;
     std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
-    bundle::write_atomic(&out.join(bundle::ENCODER), &bytes)?;
+    simsiam::files::write_atomic(&out.join(bundle::ENCODER), &bytes)
+        .map_err(bundle::BundleError::from)?;
     let probe_path = out.join(bundle::PROBE);
     probe
         .save(&probe_path)

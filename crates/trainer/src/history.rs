@@ -193,8 +193,7 @@ impl MetricsWriter {
             .map(|m| serde_json::to_string(&m).expect("metrics serialise") + "\n")
             .collect();
         // Replaced atomically: a process killed here keeps the old history, never none.
-        simsiam::bundle::write_atomic(path, kept.as_bytes())
-            .map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+        simsiam::files::write_atomic(path, kept.as_bytes()).map_err(|e| io_err(path)(e.source))?;
         let file = OpenOptions::new()
             .append(true)
             .open(path)

@@ -18,7 +18,7 @@ use super::{graph_params, Counts, Gallery, GalleryError, Hit, Opening};
 use crate::config::{GalleryConfig, OnModelChange};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use simsiam::bundle::{write_atomic, BundleError};
+use simsiam::files::{write_atomic, FileError};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,7 +64,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GalleryError + '_ {
     move |source| {
-        BundleError::Io {
+        FileError {
             path: path.to_path_buf(),
             source,
         }

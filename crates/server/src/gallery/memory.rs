@@ -17,7 +17,7 @@ use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::hnswio::HnswIo;
 use serde::{Deserialize, Serialize};
-use simsiam::bundle::BundleError;
+use simsiam::files::FileError;
 use simsiam::vector::dot;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -343,7 +343,7 @@ impl MemoryGallery {
             Ok(Ok(name)) => name,
             Ok(Err(e)) => {
                 return Err(match e.downcast::<std::io::Error>() {
-                    Ok(source) => BundleError::Io {
+                    Ok(source) => FileError {
                         path: dir.join(basename),
                         source,
                     }
@@ -355,7 +355,7 @@ impl MemoryGallery {
         };
         for file in graph_files(dir, &name) {
             let synced = std::fs::File::open(&file).and_then(|f| f.sync_all());
-            synced.map_err(|source| BundleError::Io { path: file, source })?;
+            synced.map_err(|source| FileError { path: file, source })?;
         }
         Ok(Some(name))
     }
@@ -367,7 +367,7 @@ impl MemoryGallery {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(BundleError::Io { path, source }.into()),
+            Err(source) => return Err(FileError { path, source }.into()),
         };
         let corrupt = |message: String| GalleryError::Corrupt {
             path: path.clone(),
@@ -623,7 +623,7 @@ mod tests {
     fn save(g: &MemoryGallery, dir: &Path, graph: Option<&str>) {
         let name = graph.and_then(|n| g.dump_graph(dir, n).expect("dump"));
         let bytes = g.encode(3, name.as_deref()).expect("encode");
-        simsiam::bundle::write_atomic(&dir.join(FILE), &bytes).expect("write");
+        simsiam::files::write_atomic(&dir.join(FILE), &bytes).expect("write");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::config::{GalleryBackend, GalleryConfig};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use serde::{Deserialize, Serialize};
-use simsiam::bundle::BundleError;
+use simsiam::files::FileError;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub enum GalleryError {
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error(transparent)]
-    Io(BundleError),
+    Io(FileError),
     /// The disk (or the database's disk) is full or over quota: nothing was written, and
     /// nothing is wrong with the server. Writes succeed again once space is freed.
     #[error("no space left for the gallery: {place}: {message}")]
@@ -71,24 +71,17 @@ pub enum GalleryError {
 
 /// A full disk becomes [`GalleryError::NoSpace`] wherever a file was written, so that the
 /// client is told 507 rather than 500.
-impl From<BundleError> for GalleryError {
-    fn from(e: BundleError) -> Self {
-        match e {
-            BundleError::Io { path, source } if is_no_space(&source) => GalleryError::NoSpace {
-                place: path.display().to_string(),
-                message: source.to_string(),
-            },
-            other => GalleryError::Io(other),
+impl From<FileError> for GalleryError {
+    fn from(e: FileError) -> Self {
+        if e.is_no_space() {
+            GalleryError::NoSpace {
+                place: e.path.display().to_string(),
+                message: e.source.to_string(),
+            }
+        } else {
+            GalleryError::Io(e)
         }
     }
-}
-
-/// Whether an I/O error means the filesystem is full or the quota is spent.
-pub fn is_no_space(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
 }
 
 /// One gallery entry as the API shows it.
@@ -104,18 +97,19 @@ pub struct Item {
     pub metadata: serde_json::Value,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Hit {
     pub id: String,
     pub breed: Option<String>,
     /// Cosine similarity, 1 = identical direction.
     pub score: f32,
     pub source: Option<String>,
+    /// What the entry was added with (null when none).
     pub metadata: serde_json::Value,
 }
 
 /// Live entries: how many, their width, how many per breed (`""` for none).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub total: usize,
     pub dim: usize,

@@ -10,7 +10,7 @@
 //! never acknowledged (the answer waits for the sync), so replay drops it.
 
 use super::{GalleryError, Item};
-use simsiam::bundle::BundleError;
+use simsiam::files::FileError;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -85,7 +85,7 @@ pub fn segment_number(name: &str) -> Option<u64> {
 
 /// The segment numbers present in `dir`, ascending.
 pub fn segments(dir: &Path) -> Result<Vec<u64>, GalleryError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| BundleError::Io {
+    let entries = std::fs::read_dir(dir).map_err(|source| FileError {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -103,7 +103,7 @@ pub fn read_segment(path: &Path) -> Result<(Vec<Record>, u64), GalleryError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|source| BundleError::Io {
+        .map_err(|source| FileError {
             path: path.to_path_buf(),
             source,
         })?;
@@ -150,7 +150,7 @@ impl LogWriter {
         since_snapshot: u64,
     ) -> Result<Self, GalleryError> {
         let path = segment_path(dir, segment);
-        let io = |source| BundleError::Io {
+        let io = |source| FileError {
             path: path.clone(),
             source,
         };
@@ -184,7 +184,7 @@ impl LogWriter {
     }
 
     fn io(&self, source: std::io::Error) -> GalleryError {
-        BundleError::Io {
+        FileError {
             path: segment_path(&self.dir, self.segment),
             source,
         }
@@ -257,7 +257,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), GalleryError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| {
-            BundleError::Io {
+            FileError {
                 path: dir.to_path_buf(),
                 source,
             }

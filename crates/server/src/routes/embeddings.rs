@@ -7,23 +7,29 @@
 //! does not choose). The answer has OpenAI's shape. Requests go through the same batching,
 //! limits and metrics as `/v1/embed`, and errors carry OpenAI's `type` and `param`.
 
-use super::{within_timeout, State};
+use super::{ImageParams, ImageRequest, State};
+use crate::auth;
 use crate::error::ApiError;
 use crate::input;
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::openapi::EmbeddingsErrors;
+use actix_web::{web, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/embeddings").route(web::post().to(embeddings)));
+    cfg.service(web::resource("/v1/embeddings").route(auth::read(web::post().to(embeddings))));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Request {
+pub struct EmbeddingsRequest {
+    /// The served model's name, its id `name@version`, or `default`.
     model: String,
+    #[schema(schema_with = crate::openapi::one_or_more_images)]
     input: Value,
+    /// `float` (the default) or `base64`: the little-endian f32 bytes, base64-encoded.
     #[serde(default)]
     encoding_format: Option<String>,
     /// Accepted, as OpenAI accepts it, and not used.
@@ -34,21 +40,38 @@ struct Request {
     dimensions: Option<usize>,
 }
 
-#[derive(Serialize)]
-struct Embedding {
-    object: &'static str,
-    index: usize,
-    embedding: Value,
+/// The images are in `input`.
+impl ImageParams for EmbeddingsRequest {
+    const REQUIRES_IMAGES: bool = false;
 }
 
-#[derive(Serialize)]
-struct Usage {
+#[derive(Serialize, ToSchema)]
+pub struct Embedding {
+    /// Always `embedding`.
+    object: &'static str,
+    index: usize,
+    embedding: Vector,
+}
+
+/// A vector as `encoding_format` asked.
+#[derive(Debug, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Vector {
+    Float(Vec<f32>),
+    /// The little-endian f32 bytes, base64-encoded.
+    Base64(String),
+}
+
+/// Images have no tokens: both counts are 0.
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,
 }
 
-#[derive(Serialize)]
-struct Response {
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingsResponse {
+    /// Always `list`.
     object: &'static str,
     data: Vec<Embedding>,
     model: String,
@@ -62,56 +85,72 @@ enum Format {
     Base64,
 }
 
-async fn embeddings(
+/// Embed images, OpenAI-compatible
+///
+/// OpenAI's embeddings API for images: the official `openai` clients work unchanged.
+/// `input` holds images as data URIs or base64; `encoding_format` `base64` gives the
+/// little-endian f32 bytes, base64-encoded. Same batching and limits as /v1/embed.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "images",
+    request_body = EmbeddingsRequest,
+    responses((status = 200, body = EmbeddingsResponse), EmbeddingsErrors),
+    security(("bearer" = ["read"])),
+)]
+pub async fn embeddings(
     state: State,
-    req: HttpRequest,
-    body: web::Payload,
+    r: ImageRequest<EmbeddingsRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    within_timeout(&state, async {
-        let ticket = state.ticket();
-        let input = input::read(&req, body, &state.cfg.limits, state.fetcher.as_ref()).await?;
-        let request: Request = input.params()?;
-        check_model(&request.model, &state)?;
-        let format = format(request.encoding_format.as_deref())?;
-        let dim = state.batcher.dim();
-        if request.dimensions.is_some_and(|d| d != dim) {
-            return Err(ApiError::InvalidParam {
-                param: "dimensions",
-                message: format!("this model's embeddings have {dim} dimensions"),
-            });
-        }
-        let mut images = Vec::new();
-        for (index, s) in strings(request.input, state.cfg.limits.max_images)?
-            .into_iter()
-            .enumerate()
-        {
-            images.push(if crate::fetch::is_url(&s) {
-                input::fetch(state.fetcher.as_ref(), s, index).await?
-            } else {
-                input::decode_base64(&s, index)?
-            });
-        }
-        let flat = state.embed(images, ticket).await?;
-        let data = flat
-            .chunks(dim)
-            .enumerate()
-            .map(|(index, v)| Embedding {
-                object: "embedding",
-                index,
-                embedding: encode(v, format),
-            })
-            .collect();
-        Ok(HttpResponse::Ok().json(Response {
-            object: "list",
-            data,
-            model: state.model_id.clone(),
-            usage: Usage {
-                prompt_tokens: 0,
-                total_tokens: 0,
-            },
-        }))
-    })
-    .await
+    let ImageRequest {
+        params: request,
+        ticket,
+        deadline,
+        ..
+    } = r;
+    deadline
+        .run(async {
+            check_model(&request.model, &state)?;
+            let format = format(request.encoding_format.as_deref())?;
+            let dim = state.batcher.dim();
+            if request.dimensions.is_some_and(|d| d != dim) {
+                return Err(ApiError::InvalidParam {
+                    param: "dimensions",
+                    message: format!("this model's embeddings have {dim} dimensions"),
+                });
+            }
+            let mut images = Vec::new();
+            for (index, s) in strings(request.input, state.cfg.limits.max_images)?
+                .into_iter()
+                .enumerate()
+            {
+                images.push(if crate::fetch::is_url(&s) {
+                    input::fetch(state.fetcher.as_ref(), s, index).await?
+                } else {
+                    input::decode_base64(&s, index)?
+                });
+            }
+            let flat = state.embed(images, ticket).await?;
+            let data = flat
+                .chunks(dim)
+                .enumerate()
+                .map(|(index, v)| Embedding {
+                    object: "embedding",
+                    index,
+                    embedding: encode(v, format),
+                })
+                .collect();
+            Ok(HttpResponse::Ok().json(EmbeddingsResponse {
+                object: "list",
+                data,
+                model: state.model_id.clone(),
+                usage: Usage {
+                    prompt_tokens: 0,
+                    total_tokens: 0,
+                },
+            }))
+        })
+        .await
 }
 
 fn check_model(model: &str, state: &State) -> Result<(), ApiError> {
@@ -169,12 +208,12 @@ fn not_images() -> ApiError {
     }
 }
 
-fn encode(v: &[f32], format: Format) -> Value {
+fn encode(v: &[f32], format: Format) -> Vector {
     match format {
-        Format::Float => Value::from(v.to_vec()),
+        Format::Float => Vector::Float(v.to_vec()),
         Format::Base64 => {
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+            Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
         }
     }
 }
@@ -186,14 +225,14 @@ mod tests {
     #[test]
     fn base64_is_the_little_endian_floats() {
         let v = [1.0f32, -0.5];
-        let Value::String(s) = encode(&v, Format::Base64) else {
+        let Vector::Base64(s) = encode(&v, Format::Base64) else {
             panic!("a string")
         };
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(s)
             .expect("base64");
         assert_eq!(bytes, [0, 0, 128, 63, 0, 0, 0, 191]);
-        assert_eq!(encode(&v, Format::Float), serde_json::json!([1.0, -0.5]));
+        assert_eq!(encode(&v, Format::Float), Vector::Float(vec![1.0, -0.5]));
     }
 
     #[test]

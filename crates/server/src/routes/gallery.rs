@@ -1,32 +1,41 @@
 //! `POST /v1/gallery` (add or replace entries), `DELETE /v1/gallery/{id}`,
 //! `GET /v1/gallery` (counts). Every change is written to disk before the answer.
 
-use super::{within_timeout, State};
+use super::{Deadline, ImageParams, ImageRequest, State};
+use crate::auth;
 use crate::error::ApiError;
-use crate::gallery::Item;
-use crate::input::{self, strings};
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::gallery::{Counts, Item};
+use crate::input::strings;
+use crate::openapi::{GalleryAddErrors, GalleryReadErrors, GalleryRemoveErrors};
+use crate::openapi::{ImagesForm, ImagesJson, RawImage};
+use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/gallery")
-            .route(web::post().to(add))
-            .route(web::get().to(counts)),
+            .route(auth::admin(web::post().to(add)))
+            .route(auth::read(web::get().to(counts))),
     )
     // Ids may contain slashes (dataset paths such as `n02085620-Chihuahua/n02085620_10074`).
-    .service(web::resource("/v1/gallery/{id:.+}").route(web::delete().to(remove)));
+    .service(web::resource("/v1/gallery/{id:.+}").route(auth::admin(web::delete().to(remove))));
 }
 
 /// Longest id accepted.
 const MAX_ID: usize = 256;
 
-#[derive(Deserialize)]
+/// Lists are one value per image; a single value may be given bare.
+#[derive(Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct Params {
+#[into_params(parameter_in = Query)]
+pub struct GalleryAddParams {
+    /// One id per image; an existing id is replaced. Also `id`.
     #[serde(alias = "id", deserialize_with = "strings")]
+    #[param(required = false)]
     ids: Vec<String>,
+    /// One breed per image, or none. Also `breed`, `label`, `labels`.
     #[serde(
         default,
         alias = "breed",
@@ -35,47 +44,79 @@ struct Params {
         deserialize_with = "strings"
     )]
     breeds: Vec<String>,
+    /// One source (a path or URL, for the caller) per image, or none. Also `source`.
     #[serde(default, alias = "source", deserialize_with = "strings")]
     sources: Vec<String>,
-    /// One object for all images, or an array with one per image.
+    /// One object for all images, or an array with one per image (JSON bodies only).
     #[serde(default)]
+    #[param(ignore)]
     metadata: Value,
 }
 
-#[derive(Serialize)]
-struct Added {
+/// The JSON body: the parameters and `images`.
+pub type GalleryAddJson = ImagesJson<GalleryAddParams>;
+
+impl ImageParams for GalleryAddParams {}
+
+#[derive(Serialize, ToSchema)]
+pub struct Added {
     added: usize,
     ids: Vec<String>,
+    /// Entries in the gallery after the change.
     total: usize,
 }
 
-async fn add(state: State, req: HttpRequest, body: web::Payload) -> Result<HttpResponse, ApiError> {
-    within_timeout(&state, async {
-        let ticket = state.ticket();
-        let input = input::read(&req, body, &state.cfg.limits, state.fetcher.as_ref()).await?;
-        input.require_images(&state.cfg.limits)?;
-        let p: Params = input.params()?;
-        let items = items(p, input.images.len())?;
-        let vectors = state.embed(input.images, ticket).await?;
-        let dim = state.batcher.dim();
-        let st = state.clone();
-        let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
-        let entries = items
-            .into_iter()
-            .zip(vectors.chunks(dim).map(<[f32]>::to_vec))
-            .collect();
-        let total = web::block(move || st.gallery.upsert(entries)).await??;
-        Ok(HttpResponse::Created().json(Added {
-            added: ids.len(),
-            ids,
-            total,
-        }))
-    })
-    .await
+/// Add images to the gallery
+///
+/// One `ids` entry per image (an existing id is replaced); optional `breeds`, `sources`,
+/// `metadata` (an object for all, or an array). Durable before the answer.
+#[utoipa::path(
+    post,
+    path = "/v1/gallery",
+    tag = "gallery",
+    params(GalleryAddParams),
+    request_body(content(
+        (GalleryAddJson = "application/json"),
+        (ImagesForm = "multipart/form-data"),
+        (RawImage = "image/jpeg"),
+        (RawImage = "image/png"),
+    )),
+    responses((status = 201, body = Added), GalleryAddErrors),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn add(
+    state: State,
+    r: ImageRequest<GalleryAddParams>,
+) -> Result<HttpResponse, ApiError> {
+    let ImageRequest {
+        images,
+        params,
+        ticket,
+        deadline,
+    } = r;
+    deadline
+        .run(async {
+            let items = items(params, images.len())?;
+            let vectors = state.embed(images, ticket).await?;
+            let dim = state.batcher.dim();
+            let st = state.clone();
+            let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+            let entries = items
+                .into_iter()
+                .zip(vectors.chunks(dim).map(<[f32]>::to_vec))
+                .collect();
+            let total = web::block(move || st.gallery.upsert(entries)).await??;
+            Ok(HttpResponse::Created().json(Added {
+                added: ids.len(),
+                ids,
+                total,
+            }))
+        })
+        .await
 }
 
 /// Pairs the parameters with `n` images, checking that the lists line up.
-fn items(p: Params, n: usize) -> Result<Vec<Item>, ApiError> {
+fn items(p: GalleryAddParams, n: usize) -> Result<Vec<Item>, ApiError> {
     let list = |name: &str, len: usize| {
         if len != 0 && len != n {
             Err(ApiError::Unprocessable(format!(
@@ -135,31 +176,52 @@ fn items(p: Params, n: usize) -> Result<Vec<Item>, ApiError> {
         .collect())
 }
 
-#[derive(Serialize)]
-struct Removed {
+#[derive(Serialize, ToSchema)]
+pub struct Removed {
     deleted: String,
+    /// Entries in the gallery after the change.
     total: usize,
 }
 
-async fn remove(state: State, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// Remove a gallery entry
+#[utoipa::path(
+    delete,
+    path = "/v1/gallery/{id}",
+    tag = "gallery",
+    params(("id" = String, Path, description = "the entry's id; it may contain slashes")),
+    responses((status = 200, body = Removed), GalleryRemoveErrors),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn remove(state: State, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let st = state.clone();
-    within_timeout(&state, async move {
-        let (id, total) =
-            web::block(move || st.gallery.remove(&id).map(|total| (id, total))).await??;
-        let Some(total) = total else {
-            return Err(ApiError::NotFound(format!(
-                "no gallery entry with id {id:?}"
-            )));
-        };
-        Ok(HttpResponse::Ok().json(Removed { deleted: id, total }))
-    })
-    .await
+    Deadline::start(&state)
+        .run(async move {
+            let (id, total) =
+                web::block(move || st.gallery.remove(&id).map(|total| (id, total))).await??;
+            let Some(total) = total else {
+                return Err(ApiError::NotFound(format!(
+                    "no gallery entry with id {id:?}"
+                )));
+            };
+            Ok(HttpResponse::Ok().json(Removed { deleted: id, total }))
+        })
+        .await
 }
 
-/// Read on the blocking pool: the embedded gallery's lock may be held by a change, the
-/// database is a network away.
-async fn counts(state: State) -> Result<HttpResponse, ApiError> {
+/// Gallery counts
+///
+/// Entries, their width, and how many per breed (`""` for entries without one). Read on
+/// the blocking pool: the embedded gallery's lock may be held by a change, the database
+/// is a network away.
+#[utoipa::path(
+    get,
+    path = "/v1/gallery",
+    tag = "gallery",
+    responses((status = 200, body = Counts), GalleryReadErrors),
+    security(("bearer" = ["read"])),
+)]
+pub async fn counts(state: State) -> Result<HttpResponse, ApiError> {
     let counts = web::block(move || state.gallery.counts()).await??;
     Ok(HttpResponse::Ok().json(counts))
 }

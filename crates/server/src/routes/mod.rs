@@ -4,8 +4,11 @@ pub mod classify;
 pub mod embed;
 pub mod embeddings;
 pub mod gallery;
+pub mod image_request;
 pub mod ops;
 pub mod search;
+
+pub use image_request::{ImageParams, ImageRequest};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -26,15 +29,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     ops::configure(cfg);
 }
 
-/// Runs a handler's work under the configured request timeout.
-pub async fn within_timeout<T>(
-    state: &AppState,
-    work: impl Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
-    let secs = state.cfg.limits.request_timeout_s;
-    tokio::time::timeout(Duration::from_secs(secs), work)
-        .await
-        .map_err(|_| ApiError::Timeout(secs))?
+/// The end of a request's time (`limits.request_timeout_s`), counted from its arrival:
+/// reading the body, fetching URLs, the model and the gallery all share it.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: tokio::time::Instant,
+    secs: u64,
+}
+
+impl Deadline {
+    pub fn start(state: &AppState) -> Self {
+        let secs = state.cfg.limits.request_timeout_s;
+        Deadline {
+            at: tokio::time::Instant::now() + Duration::from_secs(secs),
+            secs,
+        }
+    }
+
+    /// Runs `work` until the deadline; past it, the request is a 504.
+    pub async fn run<T>(
+        self,
+        work: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        tokio::time::timeout_at(self.at, work)
+            .await
+            .map_err(|_| ApiError::Timeout(self.secs))?
+    }
 }
 
 /// Checks a `k`-like parameter against `1..=limits.max_k`.

@@ -2,64 +2,151 @@
 //! (`/openapi.json`) and the page that renders it (`/`).
 
 use super::State;
+use crate::auth;
+use crate::encoder::ActiveProvider;
 use crate::error::ApiError;
 use crate::health::{self, ModelState};
+use crate::openapi::{MetricsErrors, ModelsErrors, ReadyErrors};
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    for (path, route) in [
-        ("/v1/models", web::get().to(models)),
-        ("/healthz", web::get().to(healthz)),
-        ("/readyz", web::get().to(readyz)),
-        ("/metrics", web::get().to(metrics)),
-        ("/openapi.json", web::get().to(openapi)),
-        ("/", web::get().to(page)),
-    ] {
-        cfg.service(web::resource(path).route(route));
-    }
+    cfg.service(web::resource("/v1/models").route(auth::read(web::get().to(models))))
+        .service(web::resource("/metrics").route(auth::admin(web::get().to(metrics))))
+        .service(web::resource("/healthz").route(web::get().to(healthz)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .service(web::resource("/openapi.json").route(web::get().to(openapi)))
+        .service(web::resource("/").route(web::get().to(page)));
 }
 
-/// The OpenAPI 3 document of every route (checked against the router by a test).
-pub const OPENAPI: &str = include_str!("../openapi.json");
 const PAGE: &str = include_str!("../page.html");
 
-/// The model, and what a client needs to size its requests (as TEI's `/info`).
-async fn models(state: State) -> HttpResponse {
+#[derive(Serialize, ToSchema)]
+pub struct ModelsResponse {
+    /// The one model served.
+    models: Vec<ModelInfo>,
+    limits: Limits,
+    batching: Batching,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ModelInfo {
+    /// `name@version`.
+    id: String,
+    /// Where it runs.
+    provider: ActiveProvider,
+    dim: usize,
+    /// The classes of the linear probe.
+    breeds: Vec<String>,
+    /// The bundle's `manifest.json`: training and evaluation figures, file hashes.
+    #[schema(value_type = Object)]
+    manifest: serde_json::Value,
+}
+
+/// What a client sizes its requests by.
+#[derive(Serialize, ToSchema)]
+pub struct Limits {
+    max_images: usize,
+    max_body_bytes: usize,
+    max_pixels: u64,
+    max_k: usize,
+    request_timeout_s: u64,
+    /// Whether images may be given as http(s) URLs.
+    fetch_urls: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Batching {
+    max_batch: usize,
+    max_wait_ms: u64,
+    queue_capacity: usize,
+}
+
+/// The served model and the limits
+///
+/// The model (id, provider, width, breeds, bundle manifest) and what a client needs to
+/// size its requests, as TEI's `/info`.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "operations",
+    responses((status = 200, body = ModelsResponse), ModelsErrors),
+    security(("bearer" = ["read"])),
+)]
+pub async fn models(state: State) -> Result<HttpResponse, ApiError> {
     let (limits, batching) = (&state.cfg.limits, &state.cfg.batching);
-    HttpResponse::Ok().json(json!({
-        "models": [{
-            "id": state.model_id,
-            "provider": state.provider,
-            "dim": state.batcher.dim(),
-            "breeds": state.breeds,
-            "manifest": state.manifest,
+    Ok(HttpResponse::Ok().json(ModelsResponse {
+        models: vec![ModelInfo {
+            id: state.model_id.clone(),
+            provider: state.provider,
+            dim: state.batcher.dim(),
+            breeds: state.breeds.to_vec(),
+            manifest: serde_json::to_value(&state.manifest)
+                .map_err(|e| ApiError::Internal(format!("manifest: {e}")))?,
         }],
-        "limits": {
-            "max_images": limits.max_images,
-            "max_body_bytes": limits.max_body_bytes,
-            "max_pixels": limits.max_pixels,
-            "max_k": limits.max_k,
-            "request_timeout_s": limits.request_timeout_s,
-            "fetch_urls": state.cfg.inputs.fetch_urls,
+        limits: Limits {
+            max_images: limits.max_images,
+            max_body_bytes: limits.max_body_bytes,
+            max_pixels: limits.max_pixels,
+            max_k: limits.max_k,
+            request_timeout_s: limits.request_timeout_s,
+            fetch_urls: state.cfg.inputs.fetch_urls,
         },
-        "batching": {
-            "max_batch": batching.max_batch,
-            "max_wait_ms": batching.max_wait_ms,
-            "queue_capacity": batching.queue_capacity,
+        batching: Batching {
+            max_batch: batching.max_batch,
+            max_wait_ms: batching.max_wait_ms,
+            queue_capacity: batching.queue_capacity,
         },
     }))
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+#[derive(Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    status: &'static str,
 }
 
-/// Ready: not shutting down, the gallery's last write succeeded, and the model produced
-/// correct embeddings recently: judged from the runs it made for clients when there were
-/// any in the last few seconds (no queueing behind them), else by sending the canary image
+/// Liveness
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, body = Alive)),
+    security(()),
+)]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Alive { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    status: &'static str,
+    model: String,
+    provider: ActiveProvider,
+    /// How the model was judged: `serving` (recent requests were answered correctly) or
+    /// `canary passed`.
+    check: &'static str,
+    /// Entries in the gallery; null when a change held the embedded gallery at that
+    /// moment (readiness never waits for one).
+    gallery_items: Option<usize>,
+}
+
+/// Readiness
+///
+/// Not shutting down, the gallery's last write succeeded, and the model produced correct
+/// embeddings recently: judged from the runs it made for clients when there were any in
+/// the last few seconds (no queueing behind them), else by sending the canary image
 /// through it and comparing with its embedding at start-up (see [`crate::health`]).
-async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, body = Ready), ReadyErrors),
+    security(()),
+)]
+pub async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
     let unavailable = |what: String| ApiError::Unavailable(format!("not ready: {what}"));
     if state.health.shutting_down() {
         return Err(unavailable("shutting down".into()));
@@ -67,7 +154,7 @@ async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
     if let Some(e) = state.health.gallery_failure() {
         return Err(unavailable(format!("the last gallery write failed: {e}")));
     }
-    let model = match state.health.model() {
+    let check = match state.health.model() {
         ModelState::Serving => "serving",
         ModelState::Failed(_) | ModelState::Unknown => {
             canary(&state).await.map_err(unavailable)?;
@@ -80,13 +167,13 @@ async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
     let gallery_items = web::block(move || st.gallery.ready())
         .await?
         .map_err(|e| unavailable(format!("gallery: {e}")))?;
-    Ok(HttpResponse::Ok().json(json!({
-        "status": "ready",
-        "model": state.model_id,
-        "provider": state.provider,
-        "check": model,
-        "gallery_items": gallery_items,
-    })))
+    Ok(HttpResponse::Ok().json(Ready {
+        status: "ready",
+        model: state.model_id.clone(),
+        provider: state.provider,
+        check,
+        gallery_items,
+    }))
 }
 
 /// The canary image through decoding, preprocessing and the model: its embedding must
@@ -109,50 +196,49 @@ async fn canary(state: &State) -> Result<(), String> {
     Ok(())
 }
 
-async fn metrics(state: State) -> HttpResponse {
+/// Prometheus metrics
+///
+/// The text exposition format: requests by route and status, latencies by stage, batch
+/// sizes, queue depth, gallery size and free disk space.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, body = String, content_type = "text/plain"), MetricsErrors),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn metrics(state: State) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
 }
 
-async fn openapi() -> HttpResponse {
+/// This document
+///
+/// Generated from the handlers' annotations and the types they read and return.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, body = Object, description = "OpenAPI 3.1")),
+    security(()),
+)]
+pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(OPENAPI)
+        .body(crate::openapi::json())
 }
 
-async fn page() -> HttpResponse {
+/// Web page: try the API and read this document
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "operations",
+    responses((status = 200, body = String, content_type = "text/html")),
+    security(()),
+)]
+pub async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(PAGE)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every `$ref` of the OpenAPI document points at something it defines.
-    #[test]
-    fn every_reference_of_the_openapi_document_resolves() {
-        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
-        let mut refs = Vec::new();
-        let mut todo = vec![&doc];
-        while let Some(v) = todo.pop() {
-            match v {
-                serde_json::Value::Object(m) => {
-                    if let Some(serde_json::Value::String(r)) = m.get("$ref") {
-                        refs.push(r.clone());
-                    }
-                    todo.extend(m.values());
-                }
-                serde_json::Value::Array(a) => todo.extend(a),
-                _ => {}
-            }
-        }
-        assert!(refs.len() > 20, "{refs:?}");
-        for r in refs {
-            let pointer = r.strip_prefix('#').expect("a local reference");
-            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
-        }
-    }
 }

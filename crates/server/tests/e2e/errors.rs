@@ -272,7 +272,7 @@ fn a_full_queue_answers_503_with_retry_after_and_slow_requests_time_out() {
     let queued = {
         let jpeg = jpeg.clone();
         std::thread::spawn(move || {
-            request(
+            send(
                 &addr,
                 "POST",
                 "/v1/embed",
@@ -419,5 +419,38 @@ fn the_read_key_reads_and_only_the_admin_key_writes() {
     assert_eq!(counts.status, 200, "gallery counts are a read");
     for public in ["/healthz", "/readyz", "/openapi.json", "/"] {
         assert_eq!(s.call("GET", public, &[], &[]).status, 200, "{public}");
+    }
+    // Every documented operation asks for the key its security scope names: the scopes in
+    // the annotations and the `auth::read` / `auth::admin` wrappers agree.
+    let doc = s.call("GET", "/openapi.json", &[], &[]).json();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            let scopes: Vec<&str> = op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|requirement| requirement["bearer"].as_array())
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let (m, p) = (method.to_uppercase(), path.replace("{id}", "no-such-id"));
+            let status = |key: Option<&str>| {
+                let auth = key.map(with);
+                let headers: Vec<(&str, &str)> =
+                    auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+                s.call(&m, &p, &headers, &[]).status
+            };
+            let (none, read) = (status(None), status(Some("r3ad")));
+            let agrees = match scopes.as_slice() {
+                [] => none != 401 && read != 403,
+                ["read"] => none == 401 && read != 401 && read != 403,
+                ["admin"] => none == 401 && read == 403,
+                other => panic!("{method} {path}: unexpected scopes {other:?}"),
+            };
+            assert!(
+                agrees,
+                "{method} {path} {scopes:?}: no key {none}, read key {read}"
+            );
+        }
     }
 }

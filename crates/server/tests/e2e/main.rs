@@ -7,11 +7,12 @@
 //! One integration-test binary, as ripgrep does.
 
 use base64::Engine;
+use schema::send;
 use serde_json::{json, Value};
 use simsiam::bundle::Bundle;
 use simsiam::runtime;
+use simsiam_bench::client::{multipart, Response};
 use simsiam_onnx::fixture::{self, FixtureSpec};
-use simsiam_server::client::{multipart, request, Response};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -24,6 +25,7 @@ mod postgres;
 mod providers;
 mod reliability;
 mod routes;
+mod schema;
 mod storage;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
@@ -90,7 +92,7 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if request(&s.addr, "GET", "/healthz", &[], &[]).is_ok_and(|r| r.status == 200) {
+            if send(&s.addr, "GET", "/healthz", &[], &[]).is_ok_and(|r| r.status == 200) {
                 return s;
             }
             let exited = s.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
@@ -116,7 +118,7 @@ impl Server {
     }
 
     fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        request(&self.addr, method, path, headers, body).expect("HTTP request")
+        send(&self.addr, method, path, headers, body).expect("HTTP request")
     }
 
     fn json(&self, method: &str, path: &str, body: &Value) -> Response {

@@ -29,7 +29,7 @@ fn readiness_stays_200_under_full_load() {
                 let (body, ct) = multipart(&parts);
                 let mut statuses = BTreeMap::new();
                 while !stop.load(Ordering::SeqCst) {
-                    let r = request(&addr, "POST", "/v1/embed", &[("Content-Type", &ct)], &body);
+                    let r = send(&addr, "POST", "/v1/embed", &[("Content-Type", &ct)], &body);
                     *statuses.entry(r.map_or(0, |r| r.status)).or_insert(0) += 1;
                 }
                 statuses
@@ -190,11 +190,7 @@ pub(super) struct Log {
 
 /// Adds and deletes on ids of its own until `stop`, through kills and restarts: an
 /// operation counts as acknowledged only when its 201/200 arrived.
-pub(super) fn gallery_client(
-    k: usize,
-    addr: Arc<std::sync::Mutex<String>>,
-    stop: Arc<AtomicBool>,
-) -> Log {
+fn gallery_client(k: usize, addr: Arc<std::sync::Mutex<String>>, stop: Arc<AtomicBool>) -> Log {
     let image = image_bytes(&format!("class_{}/{}.jpg", k % 3, k));
     let mut log = Log { ops: Vec::new() };
     let mut live: Vec<String> = Vec::new();
@@ -205,7 +201,7 @@ pub(super) fn gallery_client(
         // Two adds for each delete, so the gallery grows and deletes have targets.
         if n.is_multiple_of(3) && !live.is_empty() {
             let id = live.remove(n % live.len());
-            let r = request(&addr, "DELETE", &format!("/v1/gallery/{id}"), &[], &[]);
+            let r = send(&addr, "DELETE", &format!("/v1/gallery/{id}"), &[], &[]);
             let acked = r.as_ref().is_ok_and(|r| r.status == 200);
             log.ops.push((id, false, acked));
         } else {
@@ -214,7 +210,7 @@ pub(super) fn gallery_client(
                 ("images", Some("a.jpg"), &image),
                 ("ids", None, id.as_bytes()),
             ]);
-            let r = request(
+            let r = send(
                 &addr,
                 "POST",
                 "/v1/gallery",
@@ -236,7 +232,7 @@ pub(super) fn gallery_client(
 
 /// Whether each id must be present (`Some(true)`), absent (`Some(false)`), or either: an
 /// unacknowledged operation may or may not have happened.
-pub(super) fn expected(logs: &[Log]) -> BTreeMap<String, Option<bool>> {
+fn expected(logs: &[Log]) -> BTreeMap<String, Option<bool>> {
     let mut state = BTreeMap::new();
     for log in logs {
         for (id, add, acked) in &log.ops {
@@ -246,18 +242,18 @@ pub(super) fn expected(logs: &[Log]) -> BTreeMap<String, Option<bool>> {
     state
 }
 
-#[test]
-fn acknowledged_gallery_writes_survive_sigkill() {
-    let kills: usize = std::env::var("SIMSIAM_TEST_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let dir = tempfile::tempdir().expect("tmp");
-    let gallery = dir.path().join("gallery");
-    let mut s = Server::start(&gallery, &[]);
-    let addr = Arc::new(std::sync::Mutex::new(s.addr.clone()));
+/// `clients` gallery writers on `server` while it is SIGKILLed `kills` times at random
+/// moments (the seed is printed) and replaced by `restart()`; the last server and the
+/// writers' logs.
+pub(super) fn write_through_kills(
+    mut server: Server,
+    clients: usize,
+    kills: usize,
+    restart: impl Fn() -> Server,
+) -> (Server, Vec<Log>) {
+    let addr = Arc::new(std::sync::Mutex::new(server.addr.clone()));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
+    let writers: Vec<_> = (0..clients)
         .map(|k| {
             let (addr, stop) = (addr.clone(), stop.clone());
             std::thread::spawn(move || gallery_client(k, addr, stop))
@@ -272,32 +268,47 @@ fn acknowledged_gallery_writes_survive_sigkill() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_millis(150 + seed % 600));
-        s.kill();
-        s = Server::start(&gallery, &[]);
-        *addr.lock().unwrap_or_else(|e| e.into_inner()) = s.addr.clone();
+        server.kill();
+        server = restart();
+        *addr.lock().unwrap_or_else(|e| e.into_inner()) = server.addr.clone();
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
-    let logs: Vec<Log> = clients
+    let logs = writers
         .into_iter()
-        .map(|c| c.join().expect("client"))
+        .map(|c| c.join().expect("writer"))
         .collect();
+    (server, logs)
+}
+
+/// Checks through `server` that every acknowledged write of `logs` holds (each id is
+/// deleted, whose answer says whether it was there): panics naming the lost ones.
+pub(super) fn assert_no_write_lost(logs: &[Log], server: &Server, what: &str) {
     let acked = logs.iter().flat_map(|l| &l.ops).filter(|o| o.2).count();
     let mut lost = Vec::new();
-    for (id, want) in expected(&logs) {
+    for (id, want) in expected(logs) {
         let Some(present) = want else { continue };
-        // DELETE answers whether the entry was there (the gallery is not needed after).
-        let status = s
+        let status = server
             .call("DELETE", &format!("/v1/gallery/{id}"), &[], &[])
             .status;
         if (status == 200) != present {
             lost.push((id, present, status));
         }
     }
-    eprintln!(
-        "{kills} kills, {acked} acknowledged writes, {} lost",
-        lost.len()
-    );
+    eprintln!("{what}, {acked} acknowledged writes, {} lost", lost.len());
     assert!(acked > 0, "no write was acknowledged");
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+#[test]
+fn acknowledged_gallery_writes_survive_sigkill() {
+    let kills: usize = std::env::var("SIMSIAM_TEST_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().expect("tmp");
+    let gallery = dir.path().join("gallery");
+    let s = Server::start(&gallery, &[]);
+    let (s, logs) = write_through_kills(s, 4, kills, || Server::start(&gallery, &[]));
+    assert_no_write_lost(&logs, &s, &format!("{kills} kills"));
 }

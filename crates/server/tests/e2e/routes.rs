@@ -232,7 +232,7 @@ fn gallery_changes_survive_a_restart_and_concurrent_requests_are_batched() {
             let addr = addr.clone();
             let img = image_bytes(&format!("class_1/{}.jpg", i % 12));
             std::thread::spawn(move || {
-                request(
+                send(
                     &addr,
                     "POST",
                     "/v1/embed",

@@ -25,7 +25,7 @@ use anyhow::{bail, Result};
 use bare::{bare_threads, BareSession};
 use clap::Parser;
 use server::{batch_stats, metric, metrics_text, ServerProcess};
-use simsiam_server::client::Connection;
+use simsiam_bench::client::Connection;
 use simsiam_server::config::ServerConfig;
 use simsiam_server::encoder::ActiveProvider;
 use std::path::PathBuf;

@@ -45,7 +45,7 @@ impl ServerProcess {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(r) = simsiam_server::client::request(&s.addr, "GET", "/readyz", &[], &[]) {
+            if let Ok(r) = simsiam_bench::client::request(&s.addr, "GET", "/readyz", &[], &[]) {
                 if r.status == 200 {
                     return Ok(s);
                 }
@@ -85,7 +85,7 @@ impl Drop for ServerProcess {
 
 /// The server's `/metrics` page.
 pub fn metrics_text(addr: &str) -> Result<String> {
-    Ok(simsiam_server::client::request(addr, "GET", "/metrics", &[], &[])?.text())
+    Ok(simsiam_bench::client::request(addr, "GET", "/metrics", &[], &[])?.text())
 }
 
 /// The value of the Prometheus series `name` (with its labels) in `text`; 0 when absent.

@@ -10,7 +10,7 @@
 
 use crate::server::ServerProcess;
 use anyhow::{bail, Result};
-use simsiam_server::client::{multipart, request, Connection};
+use simsiam_bench::client::{multipart, request, Connection};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpStream;

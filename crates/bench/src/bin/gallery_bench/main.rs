@@ -424,7 +424,7 @@ fn embedded(
         item.id = format!("single-{i}");
         let t = Instant::now();
         g.upsert(item, &d.vectors[i * d.dim..(i + 1) * d.dim])?;
-        simsiam::bundle::write_atomic(&old.join(FILE), &g.encode(0, None)?)?;
+        simsiam::files::write_atomic(&old.join(FILE), &g.encode(0, None)?)?;
         times.push(ms(t.elapsed()));
     }
     let size = std::fs::metadata(old.join(FILE))?.len() as f64 / 1e6;
