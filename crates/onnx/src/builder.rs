@@ -11,7 +11,7 @@ use super::proto::{
     OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
     ValueInfoProto,
 };
-use super::OnnxError;
+use crate::error::OnnxError;
 use std::collections::HashSet;
 
 /// ONNX IR version written: 8 is read by every ONNX Runtime since 1.10.

@@ -9,8 +9,8 @@
 
 use crate::builder::{attr_int, attr_ints, Dim, GraphBuilder, ModelMeta};
 use crate::builder::{IR_VERSION, OPSET_VERSION};
+use crate::error::OnnxError;
 use crate::fold::fold_batch_norm;
-use crate::OnnxError;
 use prost::Message;
 use simsiam::arch::{layout, Backbone, Block, ConvBn, Layout};
 

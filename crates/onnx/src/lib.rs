@@ -22,6 +22,7 @@
 //! ```
 
 pub mod builder;
+pub mod error;
 pub mod f16;
 pub mod fixture;
 pub mod fold;
@@ -29,46 +30,12 @@ pub mod graph;
 pub mod proto;
 
 pub use builder::{Dim, GraphBuilder, ModelMeta, IR_VERSION, OPSET_VERSION};
+pub use error::OnnxError;
 pub use fold::fold_batch_norm;
 pub use graph::{
     export_encoder, export_encoder_with_info, EncoderSpec, ExportInfo, WeightFn, BATCH_DIM,
     INPUT_NAME, OUTPUT_NAME,
 };
-
-/// Errors while writing an ONNX model. Each names the variable or value concerned.
-#[derive(Debug, thiserror::Error)]
-pub enum OnnxError {
-    #[error("variable `{0}` is missing from the trained weights")]
-    MissingWeight(String),
-    #[error("variable `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape {
-        name: String,
-        expected: Vec<i64>,
-        found: Vec<i64>,
-    },
-    #[error("tensor `{name}` of shape {shape:?} was given {found} values")]
-    Length {
-        name: String,
-        shape: Vec<i64>,
-        found: usize,
-    },
-    #[error(
-        "batch norm `{name}`, channel {channel}: folding gives a non-finite value \
-         (running_var + eps must be positive and the weights finite)"
-    )]
-    NonFinite { name: String, channel: usize },
-    #[error(
-        "`{name}`: folded weight {value} is outside the float16 range (±65504); \
-         export with float32 weights"
-    )]
-    Fp16Overflow { name: String, value: f32 },
-    #[error("graph name `{0}` is defined twice")]
-    DuplicateName(String),
-    #[error("graph value `{0}` is used before it is defined")]
-    UndefinedValue(String),
-    #[error("invalid export settings: {0}")]
-    Spec(String),
-}
 
 #[cfg(test)]
 mod tests;

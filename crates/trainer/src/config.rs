@@ -163,7 +163,7 @@ pub struct RunConfig {
     pub device: DeviceChoice,
     /// Precision of the forward pass: `fp32`, `bf16` (Hopper GPUs; CPUs with
     /// AVX512-BF16) or `fp16` (older GPUs; with loss scaling).
-    pub precision: crate::amp::Precision,
+    pub precision: crate::engine::amp::Precision,
     /// Channels-last memory format for convolutions.
     pub channels_last: bool,
     /// Compute threads for libtorch (0: libtorch's default).
@@ -176,7 +176,7 @@ impl Default for RunConfig {
         Self {
             seed: 0,
             device: DeviceChoice::Auto,
-            precision: crate::amp::Precision::Fp32,
+            precision: crate::engine::amp::Precision::Fp32,
             channels_last: false,
             threads: 0,
             out: PathBuf::from("runs/simsiam"),
@@ -458,8 +458,8 @@ impl TrainConfig {
     }
 
     /// The dataset selection of this configuration.
-    pub fn dataset_options(&self) -> crate::data::DatasetOptions {
-        crate::data::DatasetOptions {
+    pub fn dataset_options(&self) -> crate::engine::data::DatasetOptions {
+        crate::engine::data::DatasetOptions {
             breeds: self.data.breeds,
             max_per_breed: self.data.max_per_breed,
             bbox_crop: self.data.bbox_crop,

@@ -8,11 +8,11 @@ pub enum TrainError {
     #[error("no dataset root: pass --data <dir> or set data.root")]
     NoDataRoot,
     #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    Data(#[from] crate::engine::data::DataError),
     #[error(transparent)]
     Config(#[from] simsiam::config::ConfigError),
     #[error(transparent)]
-    History(#[from] crate::history::HistoryError),
+    History(#[from] crate::engine::history::HistoryError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     /// A tensor file (checkpoint weights, momentum) libtorch could not read or write.
@@ -76,9 +76,9 @@ pub enum TrainError {
     #[error("class {class} of {root} is not one of the bundle's classes")]
     UnknownClass { root: PathBuf, class: String },
     #[error(transparent)]
-    Report(#[from] crate::report::ReportError),
+    Report(#[from] crate::engine::report::ReportError),
     #[error(transparent)]
-    Plot(#[from] crate::plot::PlotError),
+    Plot(#[from] crate::engine::plot::PlotError),
     #[error("--labels-per-breed {asked}: breed {class} has only {available} training images outside the validation slice")]
     LabelsPerBreed {
         asked: usize,

@@ -7,53 +7,33 @@
 //! preprocessing, the probe, the backbone layout, the bundle format) lives in the core
 //! crate, [`simsiam`]; the ONNX writer in [`simsiam_onnx`].
 //!
-//! The `trainer` binary is a thin command line over these modules:
+//! The `trainer` binary is a thin command line over [`commands`], one module per
+//! subcommand; they are built from the parts in [`engine`] (the model, loss, data,
+//! augmentation, optimiser, checkpoints, evaluation and reports):
 //!
 //! | command | module |
 //! |---|---|
-//! | `trainer pretrain` | [`pretrain`] (with [`session`], [`model`], [`loss`], [`loader`], [`augment`], [`checkpoint`]) |
-//! | `trainer finetune` | [`finetune`] (with [`labelled`]) |
-//! | `trainer eval` | [`eval`] (with [`knn`], [`probe_fit`], [`report`]) |
-//! | `trainer export` | [`export`] |
-//! | `trainer gallery` | [`seed_gallery`] |
-//! | `trainer embed` | [`embed`] |
-//! | `trainer bench` | [`bench`] |
-//! | `trainer pack` | [`pack`] |
+//! | `trainer pretrain` | [`commands::pretrain`] (with [`engine::session`], [`engine::model`], [`engine::loss`], [`engine::loader`], [`engine::augment`], [`engine::checkpoint`]) |
+//! | `trainer finetune` | [`commands::finetune`] (with [`engine::labelled`]) |
+//! | `trainer eval` | [`commands::eval`] (with [`engine::knn`], [`engine::probe_fit`], [`engine::report`]) |
+//! | `trainer export` | [`commands::export`] |
+//! | `trainer gallery` | [`commands::seed_gallery`] |
+//! | `trainer embed` | [`commands::embed`] |
+//! | `trainer bench` | [`commands::bench`] |
+//! | `trainer pack` | [`commands::pack`] |
 //!
 //! ```no_run
 //! use simsiam_trainer::config::TrainConfig;
-//! use simsiam_trainer::pretrain::{pretrain, PretrainOptions};
+//! use simsiam_trainer::commands::pretrain::{pretrain, PretrainOptions};
 //! let cfg = TrainConfig::load(None, vec![("data.root", "../shared/data/stanford-dogs".into())])?;
 //! let summary = pretrain(&cfg, &PretrainOptions::default())?;
 //! println!("loss {:.3} after {} epochs", summary.loss, summary.epochs_done);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod amp;
-pub mod augment;
-pub mod bench;
-pub mod checkpoint;
+pub mod commands;
 pub mod config;
-pub mod data;
-pub mod embed;
-pub mod eval;
-pub mod export;
-pub mod finetune;
-pub mod history;
-pub mod knn;
-pub mod labelled;
-pub mod loader;
-pub mod loss;
-pub mod model;
-pub mod pack;
-pub mod plot;
-pub mod pretrain;
-pub mod probe_fit;
-pub mod report;
-pub mod schedule;
-pub mod seed_gallery;
-pub mod session;
-pub mod sgd;
+pub mod engine;
 
 mod error;
 pub use error::TrainError;

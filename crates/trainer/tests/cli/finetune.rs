@@ -4,7 +4,7 @@
 
 use super::{args, image_folder, metrics, ok, tiny, trainer};
 use serde_json::Value;
-use simsiam_trainer::data::{self, DatasetOptions};
+use simsiam_trainer::engine::data::{self, DatasetOptions};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 

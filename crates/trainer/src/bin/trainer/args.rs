@@ -5,9 +5,9 @@
 //! [`TrainConfig::load`] or [`TrainConfig::with_overrides`].
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use simsiam_trainer::checkpoint;
+use simsiam_trainer::commands::seed_gallery::Split;
 use simsiam_trainer::config::{Backbone, Override};
-use simsiam_trainer::seed_gallery::Split;
+use simsiam_trainer::engine::checkpoint;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]

@@ -11,11 +11,14 @@ use args::{
     PretrainArgs,
 };
 use clap::Parser;
-use simsiam_trainer::checkpoint::{self, CheckpointMeta};
+use simsiam_trainer::commands::finetune::{self, FinetuneOptions, Init};
 use simsiam_trainer::config::{Override, TrainConfig};
-use simsiam_trainer::data::DatasetOptions;
-use simsiam_trainer::finetune::{self, FinetuneOptions, Init};
-use simsiam_trainer::{bench, embed, eval, export, pack, pretrain, seed_gallery, session};
+use simsiam_trainer::engine::checkpoint::{self, CheckpointMeta};
+use simsiam_trainer::engine::data::DatasetOptions;
+use simsiam_trainer::{
+    commands::bench, commands::embed, commands::eval, commands::export, commands::pack,
+    commands::pretrain, commands::seed_gallery, engine::session,
+};
 
 fn main() -> Result<()> {
     session::keep_freed_memory();

@@ -1,11 +1,11 @@
 //! The report's PNGs: the linear probe's confusion matrix and kNN accuracy over training.
 //!
-//! Both use plotters' bitmap backend with the bundled font, as [`crate::plot`] does, so
+//! Both use plotters' bitmap backend with the bundled font, as [`crate::engine::plot`] does, so
 //! they look the same on every machine.
 
 use super::{cluster_order, ReportError};
-use crate::history::EpochMetrics;
-use crate::plot::register_font;
+use crate::engine::history::EpochMetrics;
+use crate::engine::plot::register_font;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontTransform;

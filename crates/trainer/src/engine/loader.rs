@@ -6,7 +6,7 @@
 //! order, at most `prefetch` are held in memory, and compute never waits while workers
 //! keep up. Views depend only on (seed, epoch, image index), never on thread timing.
 
-use crate::augment::{self, AugmentConfig};
+use crate::engine::augment::{self, AugmentConfig};
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

@@ -237,7 +237,7 @@ fn truncated_or_garbled_input_never_panics() {
 
 #[test]
 fn real_stanford_lists_when_present() {
-    let lists = Path::new(crate::data::SHARED_DATA).join("stanford-dogs/lists");
+    let lists = Path::new(crate::engine::data::SHARED_DATA).join("stanford-dogs/lists");
     if !lists.join("train_list.mat").is_file() {
         eprintln!("skipping: {} is absent", lists.display());
         return;

@@ -4,16 +4,16 @@
 //! `metrics.jsonl` (one line per epoch), `training.png` (loss, std, kNN curves),
 //! `checkpoint-last.*` every epoch and `checkpoint-best.*` at the best kNN top-1.
 
-use crate::augment::AugmentConfig;
-use crate::checkpoint::{self, CheckpointMeta, BEST, LAST};
 use crate::config::TrainConfig;
-use crate::data::{self, DecodedImages};
-use crate::history::{self, EpochMetrics, MetricsWriter};
-use crate::knn;
-use crate::loader::{batches, epoch_order, EpochLoader};
-use crate::loss::healthy_std;
-use crate::schedule::lr_at;
-use crate::session::{self, Session};
+use crate::engine::augment::AugmentConfig;
+use crate::engine::checkpoint::{self, CheckpointMeta, BEST, LAST};
+use crate::engine::data::{self, DecodedImages};
+use crate::engine::history::{self, EpochMetrics, MetricsWriter};
+use crate::engine::knn;
+use crate::engine::loader::{batches, epoch_order, EpochLoader};
+use crate::engine::loss::healthy_std;
+use crate::engine::schedule::lr_at;
+use crate::engine::session::{self, Session};
 use crate::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
 use simsiam::preprocess::EvalTransform;
@@ -321,7 +321,8 @@ impl<'c> Run<'c> {
         );
         self.writer.append(&m)?;
         self.history.push(m.clone());
-        if let Err(e) = crate::plot::training_curves(&self.history, &self.out.join("training.png"))
+        if let Err(e) =
+            crate::engine::plot::training_curves(&self.history, &self.out.join("training.png"))
         {
             log::warn!("{e}");
         }
@@ -369,7 +370,7 @@ impl<'c> Run<'c> {
                 .unwrap_or(0),
             device: self.device.clone(),
             files: None,
-            stage: crate::checkpoint::Stage::Pretrain,
+            stage: crate::engine::checkpoint::Stage::Pretrain,
             stages: Vec::new(),
             val_top1: None,
             best_val_top1: None,

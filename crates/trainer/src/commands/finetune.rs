@@ -15,16 +15,16 @@
 //! accuracy curves), `checkpoint-last.*` every epoch and `checkpoint-best.*` at the best
 //! validation top-1. `--resume` continues from `checkpoint-last`.
 
-use crate::augment::{self, AugmentConfig};
-use crate::checkpoint::{self, CheckpointMeta, Stage, BEST, LAST};
+use crate::commands::pretrain::{epoch_bar, eval_transform, load_data, write_json, RunData};
 use crate::config::TrainConfig;
-use crate::history::{self, FinetuneMetrics, MetricsWriter};
-use crate::labelled::{self, LabelledSplit};
-use crate::loader::{batches, epoch_order, EpochLoader, MakeBatch};
-use crate::pretrain::{epoch_bar, eval_transform, load_data, write_json, RunData};
-use crate::schedule::lr_at_progress;
-use crate::session::{self, Session};
-use crate::sgd::Sgd;
+use crate::engine::augment::{self, AugmentConfig};
+use crate::engine::checkpoint::{self, CheckpointMeta, Stage, BEST, LAST};
+use crate::engine::history::{self, FinetuneMetrics, MetricsWriter};
+use crate::engine::labelled::{self, LabelledSplit};
+use crate::engine::loader::{batches, epoch_order, EpochLoader, MakeBatch};
+use crate::engine::schedule::lr_at_progress;
+use crate::engine::session::{self, Session};
+use crate::engine::sgd::Sgd;
 use crate::TrainError;
 use image::RgbImage;
 use simsiam::bundle::StageSummary;
@@ -59,7 +59,7 @@ pub struct BreedHead {
 impl BreedHead {
     pub fn new(p: &nn::Path, dim: i64, classes: i64) -> Self {
         Self {
-            fc: crate::model::torch_linear(&(p / "fc"), dim, classes, true),
+            fc: crate::engine::model::torch_linear(&(p / "fc"), dim, classes, true),
         }
     }
 
@@ -428,7 +428,8 @@ impl<'c> FtRun<'c> {
         );
         self.writer.append(&m)?;
         self.history.push(m.clone());
-        if let Err(e) = crate::plot::finetune_curves(&self.history, &self.out.join("finetune.png"))
+        if let Err(e) =
+            crate::engine::plot::finetune_curves(&self.history, &self.out.join("finetune.png"))
         {
             log::warn!("{e}");
         }

@@ -1,12 +1,12 @@
 //! A model on a device with its optimiser: the SimSiam training step and feature
 //! extraction, shared by pretraining, evaluation and the benchmarks.
 
-use crate::amp::{self, LossScaler, Precision};
 use crate::config::{DeviceChoice, TrainConfig};
-use crate::loader::ViewBatch;
-use crate::loss::{effective_rank, output_std, simsiam_loss};
-use crate::model::SimSiam;
-use crate::sgd::Sgd;
+use crate::engine::amp::{self, LossScaler, Precision};
+use crate::engine::loader::ViewBatch;
+use crate::engine::loss::{effective_rank, output_std, simsiam_loss};
+use crate::engine::model::SimSiam;
+use crate::engine::sgd::Sgd;
 use crate::TrainError;
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};

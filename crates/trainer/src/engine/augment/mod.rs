@@ -16,7 +16,7 @@
 //! a run is reproducible whatever thread computes which view.
 //!
 //! ```
-//! use simsiam_trainer::augment::{self, AugmentConfig};
+//! use simsiam_trainer::engine::augment::{self, AugmentConfig};
 //! let img = image::RgbImage::from_pixel(80, 60, image::Rgb([200, 120, 40]));
 //! let cfg = AugmentConfig::simsiam(64, true);
 //! let mut out = vec![0.0; cfg.view_len()];

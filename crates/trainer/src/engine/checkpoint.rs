@@ -6,7 +6,7 @@
 //! process killed at any moment leaves one consistent checkpoint (see [`save`]).
 
 use crate::config::TrainConfig;
-use crate::session::Session;
+use crate::engine::session::Session;
 use crate::TrainError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -262,7 +262,7 @@ fn stanford_entries_cannot_escape_the_images_folder() {
 
 #[test]
 fn real_stanford_dogs_when_present() {
-    let root = &Path::new(crate::data::SHARED_DATA).join("stanford-dogs");
+    let root = &Path::new(crate::engine::data::SHARED_DATA).join("stanford-dogs");
     if !root.join("lists/train_list.mat").is_file() {
         eprintln!(
             "skipping: the Stanford Dogs copy at {} is absent",
@@ -293,7 +293,7 @@ fn real_stanford_dogs_when_present() {
 #[test]
 #[ignore = "decodes all 20,580 real images (a few seconds); run with --ignored"]
 fn every_real_stanford_image_decodes() {
-    let root = &Path::new(crate::data::SHARED_DATA).join("stanford-dogs");
+    let root = &Path::new(crate::engine::data::SHARED_DATA).join("stanford-dogs");
     if !root.join("lists/train_list.mat").is_file() {
         eprintln!(
             "skipping: the Stanford Dogs copy at {} is absent",

@@ -2,10 +2,10 @@
 //! from the ONNX file), through the same decoding and evaluation transform the server
 //! uses: what the server's answers are checked against.
 
-use crate::checkpoint;
+use crate::commands::pretrain::eval_transform;
 use crate::config::TrainConfig;
-use crate::pretrain::eval_transform;
-use crate::session::{self, Session};
+use crate::engine::checkpoint;
+use crate::engine::session::{self, Session};
 use crate::TrainError;
 use simsiam::decode::decode_bytes_min_side;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,6 @@ pub fn embed_files(
         .collect::<Result<Vec<_>, _>>()?;
     let mut features = s.features(&images, &t, 32, "embedding")?;
     let dim = s.model.backbone.feature_dim as usize;
-    crate::knn::l2_normalize_rows(&mut features, dim);
+    crate::engine::knn::l2_normalize_rows(&mut features, dim);
     Ok(features.chunks(dim).map(<[f32]>::to_vec).collect())
 }

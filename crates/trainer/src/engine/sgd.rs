@@ -55,7 +55,7 @@ impl Sgd {
 
     /// One update: `buf = m·buf + (g + wd·w)`, `w -= lr·buf` (no dampening, no Nesterov).
     /// Divides every gradient by `scale` (float16's loss scale, see
-    /// [`crate::amp::LossScaler`]); returns whether all of them are finite.
+    /// [`crate::engine::amp::LossScaler`]); returns whether all of them are finite.
     pub fn unscale(&mut self, scale: f64) -> bool {
         tch::no_grad(|| {
             let mut sums = Vec::new();

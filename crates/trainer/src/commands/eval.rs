@@ -3,7 +3,7 @@
 //! initialised one of the same architecture, so every figure has its baseline beside it.
 //!
 //! The probe is fitted on, and the kNN bank holds, the labelled training images: all but
-//! the validation slice, or `--labels-per-breed N` of each breed (see [`crate::labelled`]).
+//! the validation slice, or `--labels-per-breed N` of each breed (see [`crate::engine::labelled`]).
 //! On a fine-tuned run, the fine-tuning head and a refitted probe are compared on the
 //! validation slice and the better one ships.
 //!
@@ -13,14 +13,14 @@
 //! zoomed out. Features are cached in `features-<encoder>.safetensors`, keyed by
 //! checkpoint and data settings, so a second evaluation does not embed the images again.
 
-use crate::checkpoint::{self, CheckpointMeta, Stage};
+use crate::commands::pretrain::{eval_transform, load_data, RunData};
 use crate::config::TrainConfig;
-use crate::knn;
-use crate::labelled::{self, LabelledSplit};
-use crate::pretrain::{eval_transform, load_data, RunData};
-use crate::probe_fit::{self, ProbeFitConfig};
-use crate::report::{self, ClassRow, ClassifierChoice, EncoderScores, EvalReport};
-use crate::session::{self, Session};
+use crate::engine::checkpoint::{self, CheckpointMeta, Stage};
+use crate::engine::knn;
+use crate::engine::labelled::{self, LabelledSplit};
+use crate::engine::probe_fit::{self, ProbeFitConfig};
+use crate::engine::report::{self, ClassRow, ClassifierChoice, EncoderScores, EvalReport};
+use crate::engine::session::{self, Session};
 use crate::TrainError;
 use serde::{Deserialize, Serialize};
 use simsiam::probe::LinearProbe;
@@ -247,7 +247,7 @@ pub fn evaluate(
     let mut data = load_data(cfg)?;
     if let Some(z) = opts.zoom_out {
         for img in &mut data.test.images {
-            *img = crate::augment::zoomed_out(img, z, ZOOM_FILL);
+            *img = crate::engine::augment::zoomed_out(img, z, ZOOM_FILL);
         }
     }
     let per_breed = opts.labels_per_breed.or(cfg.finetune.labels_per_breed);
@@ -312,7 +312,7 @@ fn choose_classifier(
     split: &LabelledSplit,
     ours: &mut Scored,
 ) -> Result<ClassifierChoice, TrainError> {
-    let head = crate::finetune::head_probe(run, tag, meta)?;
+    let head = crate::commands::finetune::head_probe(run, tag, meta)?;
     let val_x = rows(&f.train, f.dim, &split.val);
     let val_y: Vec<usize> = split.val.iter().map(|&i| data.train.labels[i]).collect();
     let top1 = |p: &LinearProbe, x: &[f32], y: &[usize]| -> Result<(f64, f64), TrainError> {
@@ -442,7 +442,7 @@ fn write_reports(
     )?;
     // A fine-tuning run's curves are in finetune.png; it has no kNN monitor.
     if meta.stage == Stage::Pretrain {
-        let history = crate::history::read(&run.join("metrics.jsonl"))?;
+        let history = crate::engine::history::read(&run.join("metrics.jsonl"))?;
         report::knn_curve_png(
             &history,
             Some(base.scores.knn_top1),

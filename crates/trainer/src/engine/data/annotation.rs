@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn real_samples_when_present() {
-        let root = Path::new(crate::data::SHARED_DATA).join("samples/annotation");
+        let root = Path::new(crate::engine::data::SHARED_DATA).join("samples/annotation");
         if !root.is_dir() {
             eprintln!("skipping: {} is absent", root.display());
             return;

@@ -5,12 +5,12 @@
 //! same weights through tch on real preprocessed images, for batch sizes 1 and 7, and the
 //! export fails when the largest absolute difference exceeds the tolerance.
 
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::commands::pretrain::eval_transform;
 use crate::config::TrainConfig;
-use crate::data;
-use crate::pretrain::eval_transform;
-use crate::report::EvalReport;
-use crate::session::{self, Session};
+use crate::engine::checkpoint::{self, CheckpointMeta};
+use crate::engine::data;
+use crate::engine::report::EvalReport;
+use crate::engine::session::{self, Session};
 use crate::TrainError;
 use simsiam::bundle::{self, EmbeddingSpec, Manifest, OnnxSpec, TrainingSummary};
 use simsiam::preprocess::EvalTransform;
@@ -166,7 +166,7 @@ fn training_summary(
     eval: Option<&EvalReport>,
 ) -> TrainingSummary {
     // Every stage up to the exported checkpoint (a missing history leaves its figures 0).
-    let stages = crate::finetune::run_stages(run, meta);
+    let stages = crate::commands::finetune::run_stages(run, meta);
     TrainingSummary {
         dataset: cfg
             .data

@@ -4,11 +4,11 @@
 //! All three run in one process on the same decoded images, so the ratio
 //! end-to-end / compute-only shows how much the data path costs the training loop.
 
-use crate::augment::AugmentConfig;
+use crate::commands::pretrain::load_data;
 use crate::config::TrainConfig;
-use crate::loader::{batches, epoch_order, make_batch, EpochLoader};
-use crate::pretrain::load_data;
-use crate::session::{self, Session};
+use crate::engine::augment::AugmentConfig;
+use crate::engine::loader::{batches, epoch_order, make_batch, EpochLoader};
+use crate::engine::session::{self, Session};
 use crate::TrainError;
 use serde::Serialize;
 use std::sync::Arc;
@@ -119,7 +119,9 @@ impl<'c> Bench<'c> {
         ((self.plan.len() - 1) * self.cfg.optim.batch) as f64 / t.elapsed().as_secs_f64()
     }
 
-    fn loaders(&self) -> impl Iterator<Item = Result<crate::loader::ViewBatch, TrainError>> + '_ {
+    fn loaders(
+        &self,
+    ) -> impl Iterator<Item = Result<crate::engine::loader::ViewBatch, TrainError>> + '_ {
         let (seed, prefetch) = (self.cfg.run.seed, self.cfg.data.prefetch);
         plan_loaders(
             &self.images,
@@ -188,7 +190,7 @@ fn plan_loaders<'a>(
     seed: u64,
     workers: usize,
     prefetch: usize,
-) -> impl Iterator<Item = Result<crate::loader::ViewBatch, TrainError>> + 'a {
+) -> impl Iterator<Item = Result<crate::engine::loader::ViewBatch, TrainError>> + 'a {
     plan.chunk_by(|a, b| a.0 == b.0).flat_map(move |seg| {
         let bs: Vec<Vec<usize>> = seg.iter().map(|(_, b)| b.clone()).collect();
         let loader = EpochLoader::spawn(

@@ -8,8 +8,8 @@
 //! classes, in the same order, of the dataset it came from, and `trainer eval` can then
 //! score it on the full dataset here.
 
-use crate::data::{self, DatasetOptions};
-use crate::seed_gallery::Split;
+use crate::commands::seed_gallery::Split;
+use crate::engine::data::{self, DatasetOptions};
 use crate::TrainError;
 use image::codecs::jpeg::JpegEncoder;
 use rayon::prelude::*;
@@ -34,7 +34,7 @@ pub fn pack(
     quality: u8,
 ) -> Result<Packed, TrainError> {
     let ds = data::open(root, opts)?;
-    let samples = crate::seed_gallery::split_samples(&ds, split);
+    let samples = crate::commands::seed_gallery::split_samples(&ds, split);
     let decoded = data::decode_samples(&samples, Some(side), "pack");
     let files: Vec<PathBuf> = decoded
         .paths

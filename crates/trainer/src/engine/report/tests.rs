@@ -1,6 +1,6 @@
 use super::plots::{Geometry, KNN_CURVE_SIZE, REFERENCE_COLOR};
 use super::*;
-use crate::history::EpochMetrics;
+use crate::engine::history::EpochMetrics;
 
 fn scores(base: f64) -> EncoderScores {
     EncoderScores {

@@ -2,7 +2,7 @@
 //! own preprocessing (the path the server takes), and stores it in the bundle as the
 //! seed gallery a server starts from.
 
-use crate::data::{self, Dataset, DatasetOptions, Sample};
+use crate::engine::data::{self, Dataset, DatasetOptions, Sample};
 use crate::TrainError;
 use indicatif::{ProgressBar, ProgressStyle};
 use simsiam::bundle::{self, Bundle, SeedGallery, SeedGalleryMeta};

@@ -5,7 +5,7 @@
 //! Drawn with plotters' bitmap backend and a bundled font (DejaVu Sans), so plots look the
 //! same on every machine and need no system font library.
 
-use crate::history::{EpochMetrics, FinetuneMetrics};
+use crate::engine::history::{EpochMetrics, FinetuneMetrics};
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -21,7 +21,7 @@ static FONT: Once = Once::new();
 
 pub(crate) fn register_font() {
     FONT.call_once(|| {
-        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        let bytes: &'static [u8] = include_bytes!("../../assets/DejaVuSans.ttf");
         // Only fails on an unparsable font, which the bundled one is not.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
     });
