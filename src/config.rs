@@ -18,6 +18,21 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// Checks a configuration's rules `(key, the value is fine, what it must be)` in order: the
+/// first that fails is the error, naming its key. Both the trainer's and the server's
+/// `validate` are such a table.
+pub fn check_rules<'a>(
+    rules: impl IntoIterator<Item = (&'static str, bool, &'a str)>,
+) -> Result<(), ConfigError> {
+    match rules.into_iter().find(|(_, ok, _)| !ok) {
+        Some((key, _, message)) => Err(ConfigError::Invalid {
+            key,
+            message: message.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A value set from the command line, by its dotted key (`optim.epochs`).
 pub type Override = (&'static str, config::Value);
 

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use simsiam::config::check_rules;
 pub use simsiam::config::{ConfigError, Override};
 
 /// The environment prefix of the server's settings, e.g. `SIMSIAM_SERVER_HTTP__PORT=9000`.
@@ -301,6 +302,41 @@ pub struct GalleryConfig {
     pub low_space_warning_mb: u64,
 }
 
+impl GalleryConfig {
+    /// The PostgreSQL backend's settings: a URL, a table name that is a plain identifier
+    /// (it is spliced into SQL), a pool, and no `reseed` (one table per model instead).
+    fn validate_postgres(&self) -> Result<(), ConfigError> {
+        let t = &self.postgres_table;
+        let identifier = t.len() <= 40
+            && t.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && t.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let rules: [(&'static str, bool, &str); 4] = [
+            (
+                "gallery.postgres_url",
+                !self.postgres_url.trim().is_empty(),
+                "must be set for the postgres backend (or SIMSIAM_SERVER_GALLERY__POSTGRES_URL)",
+            ),
+            (
+                "gallery.postgres_table",
+                identifier,
+                "must be 1 to 40 lower-case letters, digits and _, not starting with a digit",
+            ),
+            (
+                "gallery.on_model_change",
+                self.on_model_change != OnModelChange::Reseed,
+                "\"reseed\" is for the embedded backend; with postgres give each model its own gallery.postgres_table",
+            ),
+            (
+                "gallery.postgres_pool_size",
+                self.postgres_pool_size > 0 && self.postgres_timeout_s > 0,
+                "postgres_pool_size and postgres_timeout_s must be at least 1",
+            ),
+        ];
+        check_rules(rules)
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnModelChange {
@@ -429,110 +465,80 @@ impl ServerConfig {
         Ok(cfg)
     }
 
-    /// Checks ranges that types alone cannot express.
+    /// Checks ranges that types alone cannot express: the first broken rule, by its key
+    /// (`(key, the value is fine, what it must be)`, as the trainer's).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, message: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.to_string(),
-            })
-        };
-        if self.http.host.trim().is_empty() {
-            return bad("http.host", "must not be empty");
-        }
-        if self.inputs.fetch_urls && self.inputs.allowed_hosts.is_empty() {
-            return bad(
+        let (i, l, b, g) = (&self.inputs, &self.limits, &self.batching, &self.gallery);
+        let bad_origin = |o: &String| o != "*" && !o.contains("://");
+        let rules: [(&'static str, bool, &str); 16] = [
+            (
+                "http.host",
+                !self.http.host.trim().is_empty(),
+                "must not be empty",
+            ),
+            (
                 "inputs.allowed_hosts",
+                !i.fetch_urls || !i.allowed_hosts.is_empty(),
                 "must list the hosts to fetch from when inputs.fetch_urls is on",
-            );
-        }
-        if self.inputs.fetch_timeout_s == 0 {
-            return bad("inputs.fetch_timeout_s", "must be at least 1");
-        }
-        if self.inference.cuda.device_id < 0 {
-            return bad("inference.cuda.device_id", "must not be negative");
-        }
-        if self.inference.sessions == 0 {
-            return bad("inference.sessions", "must be at least 1");
-        }
-        if self.batching.max_batch == 0 {
-            return bad("batching.max_batch", "must be at least 1");
-        }
-        if self.batching.queue_capacity < self.limits.max_images {
-            return bad(
+            ),
+            (
+                "inputs.fetch_timeout_s",
+                i.fetch_timeout_s > 0,
+                "must be at least 1",
+            ),
+            (
+                "inference.cuda.device_id",
+                self.inference.cuda.device_id >= 0,
+                "must not be negative",
+            ),
+            (
+                "inference.sessions",
+                self.inference.sessions > 0,
+                "must be at least 1",
+            ),
+            ("batching.max_batch", b.max_batch > 0, "must be at least 1"),
+            (
                 "batching.queue_capacity",
+                b.queue_capacity >= l.max_images,
                 "must hold at least one full request (limits.max_images)",
-            );
-        }
-        if self.limits.max_images == 0 {
-            return bad("limits.max_images", "must be at least 1");
-        }
-        if self.limits.max_body_bytes < 1024 {
-            return bad("limits.max_body_bytes", "must be at least 1024");
-        }
-        if self.limits.max_pixels == 0 {
-            return bad("limits.max_pixels", "must be at least 1");
-        }
-        if self.limits.request_timeout_s == 0 {
-            return bad("limits.request_timeout_s", "must be at least 1");
-        }
-        if self.limits.max_k == 0 {
-            return bad("limits.max_k", "must be at least 1");
-        }
-        if !(2..=256).contains(&self.gallery.m) {
-            return bad("gallery.m", "must be between 2 and 256");
-        }
-        if self.gallery.ef_construction == 0 || self.gallery.ef_search == 0 {
-            return bad(
+            ),
+            ("limits.max_images", l.max_images > 0, "must be at least 1"),
+            (
+                "limits.max_body_bytes",
+                l.max_body_bytes >= 1024,
+                "must be at least 1024",
+            ),
+            ("limits.max_pixels", l.max_pixels > 0, "must be at least 1"),
+            (
+                "limits.request_timeout_s",
+                l.request_timeout_s > 0,
+                "must be at least 1",
+            ),
+            ("limits.max_k", l.max_k > 0, "must be at least 1"),
+            (
+                "gallery.m",
+                (2..=256).contains(&g.m),
+                "must be between 2 and 256",
+            ),
+            (
                 "gallery.ef_search",
+                g.ef_construction > 0 && g.ef_search > 0,
                 "ef_construction and ef_search must be at least 1",
-            );
-        }
-        if self.gallery.watch_interval_s == 0 {
-            return bad("gallery.watch_interval_s", "must be at least 1");
-        }
-        if self.gallery.backend == GalleryBackend::Postgres {
-            let g = &self.gallery;
-            if g.postgres_url.trim().is_empty() {
-                return bad(
-                    "gallery.postgres_url",
-                    "must be set for the postgres backend (or SIMSIAM_SERVER_GALLERY__POSTGRES_URL)",
-                );
-            }
-            let t = &g.postgres_table;
-            let identifier = t.len() <= 40
-                && t.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                && t.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !identifier {
-                return bad(
-                    "gallery.postgres_table",
-                    "must be 1 to 40 lower-case letters, digits and _, not starting with a digit",
-                );
-            }
-            if g.on_model_change == OnModelChange::Reseed {
-                return bad(
-                    "gallery.on_model_change",
-                    "\"reseed\" is for the embedded backend; with postgres give each model its own gallery.postgres_table",
-                );
-            }
-            if g.postgres_pool_size == 0 || g.postgres_timeout_s == 0 {
-                return bad(
-                    "gallery.postgres_pool_size",
-                    "postgres_pool_size and postgres_timeout_s must be at least 1",
-                );
-            }
-        }
-        if self
-            .cors
-            .allowed_origins
-            .iter()
-            .any(|o| o != "*" && !o.contains("://"))
-        {
-            return bad(
+            ),
+            (
+                "gallery.watch_interval_s",
+                g.watch_interval_s > 0,
+                "must be at least 1",
+            ),
+            (
                 "cors.allowed_origins",
+                !self.cors.allowed_origins.iter().any(bad_origin),
                 "each origin must be \"*\" or look like https://host[:port]",
-            );
+            ),
+        ];
+        check_rules(rules)?;
+        if g.backend == GalleryBackend::Postgres {
+            g.validate_postgres()?;
         }
         Ok(())
     }

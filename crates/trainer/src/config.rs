@@ -448,13 +448,7 @@ impl TrainConfig {
                 "must not be negative",
             ),
         ];
-        match rules.into_iter().find(|(_, ok, _)| !ok) {
-            Some((key, _, message)) => Err(ConfigError::Invalid {
-                key,
-                message: message.to_string(),
-            }),
-            None => Ok(()),
-        }
+        simsiam::config::check_rules(rules)
     }
 
     /// The dataset selection of this configuration.

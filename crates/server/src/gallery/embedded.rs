@@ -11,6 +11,11 @@
 //! atomically and deletes what it replaces. A start reloads the snapshot and its graph
 //! and replays the log after it, so nothing is rebuilt. A clean shutdown compacts, so the
 //! next start replays nothing.
+//!
+//! Each of the three modules has one job: [`super::wal`] the log (its records, segments,
+//! replay), [`super::memory`] the rows and their graph (with the snapshot they are saved
+//! to), and this one the policy that ties them: when to log, sync, snapshot and compact,
+//! and what a start does with what it finds ([`EmbeddedGallery::open`]).
 
 use super::memory::{self, MemoryGallery, FILE};
 use super::wal::{self, LogWriter, Record};
@@ -80,71 +85,22 @@ impl EmbeddedGallery {
         let dir = cfg.dir.clone();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let params = graph_params(cfg);
-        let place = dir.display().to_string();
-        let mut opened = None;
-        if let Some(loaded) = MemoryGallery::load(&dir, params)? {
-            let replayed = replay(&dir, loaded)?;
-            let g = &replayed.gallery;
-            if g.dim() != o.dim {
-                return Err(GalleryError::StoredDimension {
-                    place,
-                    model: o.model.to_string(),
-                    expected: o.dim,
-                    found: g.dim(),
-                    fix: "point gallery.dir elsewhere or delete it",
-                });
-            }
-            // A gallery from before the model was recorded is taken as this model's.
-            if g.model().is_empty() || g.model() == o.model {
-                log::info!("gallery {place}: {} items", g.len());
-                opened = Some(replayed);
-            } else if cfg.on_model_change == OnModelChange::Refuse {
-                return Err(GalleryError::StoredModel {
-                    place,
-                    expected: o.model.to_string(),
-                    found: g.model().to_string(),
-                    fix: "set gallery.on_model_change = \"reseed\" to rebuild it from the bundle (the old file is kept), or point gallery.dir elsewhere",
-                });
-            } else {
-                keep_previous(&dir, g)?;
-                log::warn!(
-                    "gallery {place}: made by {}, re-seeded for {}; the old gallery is {FILE}.previous-model",
-                    g.model(),
-                    o.model,
-                );
-            }
-        } else if !wal::segments(&dir)?.is_empty() {
-            return Err(GalleryError::Corrupt {
-                path: dir.join(FILE),
-                message:
-                    "log segments without a snapshot: restore gallery.bin or delete the directory"
-                        .into(),
-            });
-        }
-        let opened = match opened {
-            Some(r) => r,
-            None => {
-                let items = o.seed.items.len();
-                let g =
-                    MemoryGallery::from_parts(o.dim, o.model, o.seed.items, o.seed.vectors, params);
-                let (graph, _) = write_snapshot(&dir, &g, 1)?;
-                log::info!("gallery {place}: seeded with {items} items from the bundle");
-                Replayed {
-                    gallery: g,
-                    writer: LogWriter::open(&dir, 1, 0, 0)?,
-                    first_segment: 1,
-                    graph,
-                }
-            }
+        let opened = match stored(&dir, params)? {
+            Some(stored) if keeps(&dir, &stored.gallery, cfg, &o)? => stored,
+            Some(_) | None => seed(&dir, o.dim, o.model, o.seed, params)?,
         };
         // Leftovers of a compaction that crashed before its snapshot was committed.
         remove_stale(&dir, opened.first_segment, opened.graph.as_deref());
+        Ok(Self::serving(dir, opened, o.health, o.metrics))
+    }
+
+    fn serving(dir: PathBuf, opened: Opened, health: Arc<Health>, metrics: Arc<Metrics>) -> Self {
         let snapshot_bytes = std::fs::metadata(dir.join(FILE)).map_or(0, |m| m.len());
         let (gallery, writer) = (opened.gallery, opened.writer);
-        o.metrics
+        metrics
             .gallery_items
             .store(gallery.len(), Ordering::Relaxed);
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 gallery: RwLock::new(gallery),
                 log: Mutex::new(writer),
@@ -153,11 +109,11 @@ impl EmbeddedGallery {
                 compaction_deferred: AtomicBool::new(false),
                 snapshot_bytes: Mutex::new(snapshot_bytes),
                 dir,
-                health: o.health,
-                metrics: o.metrics,
+                health,
+                metrics,
             }),
             compactor: Mutex::new(None),
-        })
+        }
     }
 
     /// Logs and applies `records` under the write lock (after `check` approves them
@@ -353,10 +309,9 @@ fn apply(g: &mut MemoryGallery, r: Record) -> Result<(), GalleryError> {
     }
 }
 
-/// A stored gallery brought up to date.
-struct Replayed {
+/// A gallery ready to serve: its rows and graph, and a writer at the end of its log.
+struct Opened {
     gallery: MemoryGallery,
-    /// At the end of the log.
     writer: LogWriter,
     /// The first segment the snapshot does not contain: the ones before are stale.
     first_segment: u64,
@@ -364,57 +319,100 @@ struct Replayed {
     graph: Option<String>,
 }
 
-/// The snapshot's gallery with the log after it applied, and a writer at its end. Only
-/// the last segment may end in a torn record (it was never acknowledged).
-fn replay(dir: &Path, loaded: memory::Loaded) -> Result<Replayed, GalleryError> {
-    let mut g = loaded.gallery;
-    let first = loaded.log_segment.max(1);
-    let segments: Vec<u64> = wal::segments(dir)?
-        .into_iter()
-        .filter(|&n| n >= first)
-        .collect();
-    let (mut last, mut len, mut total, mut replayed) = (first, 0, 0, 0);
-    for (i, &n) in segments.iter().enumerate() {
-        let path = wal::segment_path(dir, n);
-        let (records, intact) = wal::read_segment(&path)?;
-        let size = std::fs::metadata(&path).map_err(io(&path))?.len();
-        if intact < size && i + 1 < segments.len() {
+/// The stored gallery (the snapshot with the log after it applied); `None` when `dir`
+/// holds none. Log segments without a snapshot are refused.
+fn stored(dir: &Path, params: memory::GraphParams) -> Result<Option<Opened>, GalleryError> {
+    let Some(loaded) = MemoryGallery::load(dir, params)? else {
+        if !wal::segments(dir)?.is_empty() {
             return Err(GalleryError::Corrupt {
-                path,
-                message: format!("damaged at byte {intact}, and later segments follow"),
+                path: dir.join(FILE),
+                message:
+                    "log segments without a snapshot: restore gallery.bin or delete the directory"
+                        .into(),
             });
         }
-        if intact < size {
-            log::warn!(
-                "{}: dropping a torn record at the end ({} bytes, never acknowledged)",
-                path.display(),
-                size - intact
-            );
-        }
-        replayed += records.len();
-        for r in records {
-            apply(&mut g, r).map_err(|e| GalleryError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        }
-        (last, len) = (n, intact);
-        total += intact;
-    }
+        return Ok(None);
+    };
+    let mut gallery = loaded.gallery;
+    let first_segment = loaded.log_segment.max(1);
+    let (replayed, writer) = wal::replay(dir, first_segment, |r| apply(&mut gallery, r))?;
+    let graph = if loaded.graph.is_some() {
+        "its reloaded"
+    } else {
+        "a rebuilt"
+    };
     log::info!(
-        "gallery {}: snapshot with {} graph, {replayed} logged changes replayed",
-        dir.display(),
-        if loaded.graph.is_some() {
-            "its reloaded"
-        } else {
-            "a rebuilt"
-        }
+        "gallery {}: snapshot with {graph} graph, {replayed} logged changes replayed",
+        dir.display()
     );
-    Ok(Replayed {
-        gallery: g,
-        writer: LogWriter::open(dir, last, len, total)?,
-        first_segment: first,
+    Ok(Some(Opened {
+        gallery,
+        writer,
+        first_segment,
         graph: loaded.graph,
+    }))
+}
+
+/// Whether the stored gallery `g` serves this model: yes when it is this model's (or from
+/// before models were recorded); an error when its width differs, or its model does and
+/// `on_model_change` is `refuse`; no when it is to be reseeded (it is kept aside first).
+fn keeps(
+    dir: &Path,
+    g: &MemoryGallery,
+    cfg: &GalleryConfig,
+    o: &Opening,
+) -> Result<bool, GalleryError> {
+    let place = dir.display().to_string();
+    if g.dim() != o.dim {
+        return Err(GalleryError::StoredDimension {
+            place,
+            model: o.model.to_string(),
+            expected: o.dim,
+            found: g.dim(),
+            fix: "point gallery.dir elsewhere or delete it",
+        });
+    }
+    if g.model().is_empty() || g.model() == o.model {
+        log::info!("gallery {place}: {} items", g.len());
+        return Ok(true);
+    }
+    if cfg.on_model_change == OnModelChange::Refuse {
+        return Err(GalleryError::StoredModel {
+            place,
+            expected: o.model.to_string(),
+            found: g.model().to_string(),
+            fix: "set gallery.on_model_change = \"reseed\" to rebuild it from the bundle (the old file is kept), or point gallery.dir elsewhere",
+        });
+    }
+    keep_previous(dir, g)?;
+    log::warn!(
+        "gallery {place}: made by {}, re-seeded for {}; the old gallery is {FILE}.previous-model",
+        g.model(),
+        o.model,
+    );
+    Ok(false)
+}
+
+/// A new gallery of the bundle's seed, snapshotted, with an empty log.
+fn seed(
+    dir: &Path,
+    dim: usize,
+    model: &str,
+    seed: super::Seed,
+    params: memory::GraphParams,
+) -> Result<Opened, GalleryError> {
+    let items = seed.items.len();
+    let g = MemoryGallery::from_parts(dim, model, seed.items, seed.vectors, params);
+    let (graph, _) = write_snapshot(dir, &g, 1)?;
+    log::info!(
+        "gallery {}: seeded with {items} items from the bundle",
+        dir.display()
+    );
+    Ok(Opened {
+        gallery: g,
+        writer: LogWriter::open(dir, 1, 0, 0)?,
+        first_segment: 1,
+        graph,
     })
 }
 

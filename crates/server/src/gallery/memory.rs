@@ -363,41 +363,9 @@ impl MemoryGallery {
     /// Reads `dir/gallery.bin`; `None` when there is none. The graph is reloaded from its
     /// dump when the snapshot names one that is intact and matches the rows, else rebuilt.
     pub fn load(dir: &Path, params: GraphParams) -> Result<Option<Loaded>, GalleryError> {
-        let path = dir.join(FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(FileError { path, source }.into()),
+        let Some((header, vectors)) = read_snapshot(&dir.join(FILE))? else {
+            return Ok(None);
         };
-        let corrupt = |message: String| GalleryError::Corrupt {
-            path: path.clone(),
-            message,
-        };
-        let len = bytes
-            .get(..8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
-            .ok_or_else(|| corrupt("shorter than its header".into()))?;
-        let header_bytes = bytes
-            .get(8..8usize.saturating_add(len))
-            .ok_or_else(|| corrupt("header length exceeds the file".into()))?;
-        let header: Header = serde_json::from_slice(header_bytes)
-            .map_err(|e| corrupt(format!("bad header: {e}")))?;
-        let body = &bytes[8 + len..];
-        if body.len() != header.items.len() * header.dim * 4 {
-            return Err(corrupt(format!(
-                "expected {} vectors of {} floats",
-                header.items.len(),
-                header.dim
-            )));
-        }
-        if header.dead.iter().any(|&i| i >= header.items.len()) {
-            return Err(corrupt("a tombstone beyond the rows".into()));
-        }
-        let vectors: Vec<f32> = body
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        let model = header.model.as_deref().unwrap_or_default();
         let graph = match header.graph.as_deref() {
             Some(name) if header.graph_format != GRAPH_FORMAT => {
                 log::warn!(
@@ -410,49 +378,103 @@ impl MemoryGallery {
             None => None,
         };
         let graph_name = header.graph.clone().filter(|_| graph.is_some());
+        let log_segment = header.log_segment;
         let gallery = match graph {
-            Some(graph) => {
-                let mut g = Self {
-                    dim: header.dim,
-                    model: model.to_string(),
-                    by_id: HashMap::with_capacity(header.items.len()),
-                    alive: vec![true; header.items.len()],
-                    items: header.items,
-                    vectors,
-                    graph,
-                    params,
-                };
-                for &i in &header.dead {
-                    g.alive[i] = false;
-                }
-                for (i, item) in g.items.iter().enumerate() {
-                    if g.alive[i] {
-                        g.by_id.insert(item.id.clone(), i);
-                    }
-                }
-                g
-            }
-            None => {
-                let mut alive = vec![true; header.items.len()];
-                for &i in &header.dead {
-                    alive[i] = false;
-                }
-                let (items, rows): (Vec<Item>, Vec<&[f32]>) = header
-                    .items
-                    .into_iter()
-                    .zip(vectors.chunks_exact(header.dim.max(1)))
-                    .zip(alive)
-                    .filter_map(|(row, alive)| alive.then_some(row))
-                    .unzip();
-                Self::from_parts(header.dim, model, items, rows.concat(), params)
-            }
+            Some(graph) => Self::with_graph(header, vectors, graph, params),
+            None => Self::rebuilt(header, vectors, params),
         };
         Ok(Some(Loaded {
             gallery,
-            log_segment: header.log_segment,
+            log_segment,
             graph: graph_name,
         }))
     }
+
+    /// The snapshot's rows as they were, tombstones included, over its reloaded graph.
+    fn with_graph(
+        header: Header,
+        vectors: Vec<f32>,
+        graph: Hnsw<'static, f32, UnitCosine>,
+        params: GraphParams,
+    ) -> Self {
+        let mut alive = vec![true; header.items.len()];
+        for &i in &header.dead {
+            alive[i] = false;
+        }
+        let by_id = header
+            .items
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| alive[i])
+            .map(|(i, item)| (item.id.clone(), i))
+            .collect();
+        Self {
+            dim: header.dim,
+            model: header.model.unwrap_or_default(),
+            by_id,
+            alive,
+            items: header.items,
+            vectors,
+            graph,
+            params,
+        }
+    }
+
+    /// The snapshot's live rows, with a graph built anew.
+    fn rebuilt(header: Header, vectors: Vec<f32>, params: GraphParams) -> Self {
+        let mut alive = vec![true; header.items.len()];
+        for &i in &header.dead {
+            alive[i] = false;
+        }
+        let (items, rows): (Vec<Item>, Vec<&[f32]>) = header
+            .items
+            .into_iter()
+            .zip(vectors.chunks_exact(header.dim.max(1)))
+            .zip(alive)
+            .filter_map(|(row, alive)| alive.then_some(row))
+            .unzip();
+        let model = header.model.unwrap_or_default();
+        Self::from_parts(header.dim, &model, items, rows.concat(), params)
+    }
+}
+
+/// A snapshot's header and vectors, checked against each other; `None` when there is no
+/// file.
+fn read_snapshot(path: &Path) -> Result<Option<(Header, Vec<f32>)>, GalleryError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(FileError::at(path)(source).into()),
+    };
+    let corrupt = |message: String| GalleryError::Corrupt {
+        path: path.to_path_buf(),
+        message,
+    };
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .ok_or_else(|| corrupt("shorter than its header".into()))?;
+    let header_bytes = bytes
+        .get(8..8usize.saturating_add(len))
+        .ok_or_else(|| corrupt("header length exceeds the file".into()))?;
+    let header: Header =
+        serde_json::from_slice(header_bytes).map_err(|e| corrupt(format!("bad header: {e}")))?;
+    let body = &bytes[8 + len..];
+    if body.len() != header.items.len() * header.dim * 4 {
+        return Err(corrupt(format!(
+            "expected {} vectors of {} floats",
+            header.items.len(),
+            header.dim
+        )));
+    }
+    if header.dead.iter().any(|&i| i >= header.items.len()) {
+        return Err(corrupt("a tombstone beyond the rows".into()));
+    }
+    let vectors = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(Some((header, vectors)))
 }
 
 /// The two files of a graph dump.

@@ -17,7 +17,7 @@ use crate::config::GalleryConfig;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use pgvector::Vector;
-use postgres::{GenericClient, NoTls, Row};
+use postgres::{GenericClient, NoTls, Row, Transaction};
 use r2d2::{CustomizeConnection, Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
 use std::str::FromStr;
@@ -31,6 +31,17 @@ type Manager = PostgresConnectionManager<NoTls>;
 const SCHEMA_VERSION: i32 = 1;
 /// pgvector's HNSW index takes `vector` columns of at most this many dimensions.
 pub const HNSW_MAX_DIM: usize = 2000;
+/// One row per gallery table: the server's bookkeeping (schema version, model, width,
+/// live entries, whether the seed went in).
+const META_TABLE: &str = "CREATE TABLE IF NOT EXISTS simsiam_gallery_meta (
+    table_name text PRIMARY KEY,
+    schema_version int NOT NULL,
+    model text NOT NULL,
+    dim int NOT NULL,
+    items bigint NOT NULL DEFAULT 0,
+    seeded_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now()
+)";
 /// Any constant: the advisory lock every starting replica takes while it sets up.
 const SETUP_LOCK: i64 = 0x5153_494d_5349_414d;
 /// pgvector's largest `hnsw.ef_search`.
@@ -222,74 +233,90 @@ impl PostgresGallery {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK])
             .map_err(db)?;
         check_pgvector(&mut tx)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS simsiam_gallery_meta (
-                table_name text PRIMARY KEY,
-                schema_version int NOT NULL,
-                model text NOT NULL,
-                dim int NOT NULL,
-                items bigint NOT NULL DEFAULT 0,
-                seeded_at timestamptz,
-                created_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .map_err(db)?;
-        let t = &self.table;
+        tx.batch_execute(META_TABLE).map_err(db)?;
+        let version = self.register(&mut tx, model)?;
+        self.migrate(&mut tx, version)?;
+        self.index(&mut tx, cfg)?;
+        self.seed_once(&mut tx, seed)?;
+        let count: i64 = tx
+            .query_one(
+                "SELECT items FROM simsiam_gallery_meta WHERE table_name = $1",
+                &[&self.table],
+            )
+            .map_err(db)?
+            .get(0);
+        tx.commit().map_err(db)?;
+        Ok(count as usize)
+    }
+
+    fn place(&self) -> String {
+        format!("table {}", self.table)
+    }
+
+    /// The table's schema version, after checking that it was made by this server for
+    /// this model and width; a new table is registered at version 0.
+    fn register(&self, tx: &mut Transaction, model: &str) -> Result<i32, GalleryError> {
+        let (t, place) = (&self.table, self.place());
         let meta = tx
             .query_opt(
-                "SELECT schema_version, model, dim, seeded_at IS NOT NULL FROM simsiam_gallery_meta WHERE table_name = $1",
+                "SELECT schema_version, model, dim FROM simsiam_gallery_meta WHERE table_name = $1",
                 &[t],
             )
             .map_err(db)?;
-        let place = format!("table {t}");
-        let version = match meta {
-            None => {
-                let exists: bool = tx
-                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[t])
-                    .map_err(db)?
-                    .get(0);
-                if exists {
-                    return Err(GalleryError::Database(format!(
-                        "{place} exists but simsiam_gallery_meta has no row for it: it was not made by this server; set gallery.postgres_table to another name"
-                    )));
-                }
-                tx.execute(
-                    "INSERT INTO simsiam_gallery_meta (table_name, schema_version, model, dim) VALUES ($1, 0, $2, $3)",
-                    &[t, &model, &(self.dim as i32)],
-                )
-                .map_err(db)?;
-                0
+        let Some(row) = meta else {
+            let exists: bool = tx
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[t])
+                .map_err(db)?
+                .get(0);
+            if exists {
+                return Err(GalleryError::Database(format!(
+                    "{place} exists but simsiam_gallery_meta has no row for it: it was not made by this server; set gallery.postgres_table to another name"
+                )));
             }
-            Some(row) => {
-                let (version, found_model, found_dim): (i32, String, i32) =
-                    (row.get(0), row.get(1), row.get(2));
-                if found_dim as usize != self.dim {
-                    return Err(GalleryError::StoredDimension {
-                        place,
-                        model: model.to_string(),
-                        expected: self.dim,
-                        found: found_dim as usize,
-                        fix: "set gallery.postgres_table to another table, or drop this one",
-                    });
-                }
-                if found_model != model {
-                    return Err(GalleryError::StoredModel {
-                        place,
-                        expected: model.to_string(),
-                        found: found_model,
-                        fix: "set gallery.postgres_table to another table (one per model), or drop this one",
-                    });
-                }
-                if version > SCHEMA_VERSION {
-                    return Err(GalleryError::Database(format!(
-                        "{place} has schema version {version}, newer than this server's {SCHEMA_VERSION}: upgrade the server"
-                    )));
-                }
-                version
-            }
+            tx.execute(
+                "INSERT INTO simsiam_gallery_meta (table_name, schema_version, model, dim) VALUES ($1, 0, $2, $3)",
+                &[t, &model, &(self.dim as i32)],
+            )
+            .map_err(db)?;
+            return Ok(0);
         };
+        let (version, found_model, found_dim): (i32, String, i32) =
+            (row.get(0), row.get(1), row.get(2));
+        if found_dim as usize != self.dim {
+            return Err(GalleryError::StoredDimension {
+                place,
+                model: model.to_string(),
+                expected: self.dim,
+                found: found_dim as usize,
+                fix: "set gallery.postgres_table to another table, or drop this one",
+            });
+        }
+        if found_model != model {
+            return Err(GalleryError::StoredModel {
+                place,
+                expected: model.to_string(),
+                found: found_model,
+                fix:
+                    "set gallery.postgres_table to another table (one per model), or drop this one",
+            });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(GalleryError::Database(format!(
+                "{place} has schema version {version}, newer than this server's {SCHEMA_VERSION}: upgrade the server"
+            )));
+        }
+        Ok(version)
+    }
+
+    /// Runs the migrations after `version`.
+    fn migrate(&self, tx: &mut Transaction, version: i32) -> Result<(), GalleryError> {
+        let t = &self.table;
         for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            log::info!("gallery {place}: migrating the schema to version {}", i + 1);
+            log::info!(
+                "gallery {}: migrating the schema to version {}",
+                self.place(),
+                i + 1
+            );
             let sql = migration
                 .replace("{t}", t)
                 .replace("{dim}", &self.dim.to_string());
@@ -300,18 +327,30 @@ impl PostgresGallery {
             &[t, &SCHEMA_VERSION],
         )
         .map_err(db)?;
-        if self.dim <= HNSW_MAX_DIM {
-            tx.batch_execute(&format!(
-                "CREATE INDEX IF NOT EXISTS {t}_embedding_hnsw ON {t} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})",
-                cfg.m, cfg.ef_construction
-            ))
-            .map_err(db)?;
-        } else {
+        Ok(())
+    }
+
+    /// The HNSW index, where pgvector can build one for this width.
+    fn index(&self, tx: &mut Transaction, cfg: &GalleryConfig) -> Result<(), GalleryError> {
+        let t = &self.table;
+        if self.dim > HNSW_MAX_DIM {
             log::warn!(
-                "gallery {place}: {}-d vectors are beyond pgvector's HNSW limit of {HNSW_MAX_DIM}: searches scan the table exactly",
+                "gallery {}: {}-d vectors are beyond pgvector's HNSW limit of {HNSW_MAX_DIM}: searches scan the table exactly",
+                self.place(),
                 self.dim
             );
+            return Ok(());
         }
+        tx.batch_execute(&format!(
+            "CREATE INDEX IF NOT EXISTS {t}_embedding_hnsw ON {t} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})",
+            cfg.m, cfg.ef_construction
+        ))
+        .map_err(db)
+    }
+
+    /// Inserts the bundle's seed, once in the table's life.
+    fn seed_once(&self, tx: &mut Transaction, seed: super::Seed) -> Result<(), GalleryError> {
+        let t = &self.table;
         let seeded: bool = tx
             .query_one(
                 "SELECT seeded_at IS NOT NULL FROM simsiam_gallery_meta WHERE table_name = $1",
@@ -319,33 +358,29 @@ impl PostgresGallery {
             )
             .map_err(db)?
             .get(0);
-        if !seeded {
-            let n = seed.items.len();
-            let entries = seed
-                .items
-                .into_iter()
-                .zip(seed.vectors.chunks(self.dim.max(1)).map(<[f32]>::to_vec))
-                .collect();
-            let added = insert(&mut tx, t, entries, self.dim, false)?;
-            tx.execute(
-                "UPDATE simsiam_gallery_meta SET seeded_at = now(), items = items + $2 WHERE table_name = $1",
-                &[t, &(added as i64)],
-            )
-            .map_err(db)?;
-            // Fresh statistics, so the planner takes the HNSW index from the first search
-            // (autovacuum would only catch up within a minute or so).
-            tx.batch_execute(&format!("ANALYZE {t}")).map_err(db)?;
-            log::info!("gallery {place}: seeded with {n} items from the bundle");
+        if seeded {
+            return Ok(());
         }
-        let count: i64 = tx
-            .query_one(
-                "SELECT items FROM simsiam_gallery_meta WHERE table_name = $1",
-                &[t],
-            )
-            .map_err(db)?
-            .get(0);
-        tx.commit().map_err(db)?;
-        Ok(count as usize)
+        let n = seed.items.len();
+        let entries = seed
+            .items
+            .into_iter()
+            .zip(seed.vectors.chunks(self.dim.max(1)).map(<[f32]>::to_vec))
+            .collect();
+        let added = insert(tx, t, entries, self.dim, false)?;
+        tx.execute(
+            "UPDATE simsiam_gallery_meta SET seeded_at = now(), items = items + $2 WHERE table_name = $1",
+            &[t, &(added as i64)],
+        )
+        .map_err(db)?;
+        // Fresh statistics, so the planner takes the HNSW index from the first search
+        // (autovacuum would only catch up within a minute or so).
+        tx.batch_execute(&format!("ANALYZE {t}")).map_err(db)?;
+        log::info!(
+            "gallery {}: seeded with {n} items from the bundle",
+            self.place()
+        );
+        Ok(())
     }
 
     /// Records the outcome of a write for readiness.

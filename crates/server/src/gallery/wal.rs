@@ -127,6 +127,49 @@ pub fn read_segment(path: &Path) -> Result<(Vec<Record>, u64), GalleryError> {
     Ok((records, at as u64))
 }
 
+/// Feeds every record of the segments from `first` on to `apply`, in order; the number
+/// of records and a writer at the end of the log back. Only the last segment may end in a
+/// torn record (it was never acknowledged: the answer waits for the sync), which is
+/// dropped; damage anywhere else, or a record `apply` refuses, is `Corrupt`.
+pub fn replay(
+    dir: &Path,
+    first: u64,
+    mut apply: impl FnMut(Record) -> Result<(), GalleryError>,
+) -> Result<(usize, LogWriter), GalleryError> {
+    let segments: Vec<u64> = segments(dir)?.into_iter().filter(|&n| n >= first).collect();
+    let (mut last, mut len, mut total, mut replayed) = (first, 0, 0, 0);
+    for (i, &n) in segments.iter().enumerate() {
+        let path = segment_path(dir, n);
+        let (records, intact) = read_segment(&path)?;
+        let size = std::fs::metadata(&path)
+            .map_err(FileError::at(&path))?
+            .len();
+        if intact < size && i + 1 < segments.len() {
+            return Err(GalleryError::Corrupt {
+                path,
+                message: format!("damaged at byte {intact}, and later segments follow"),
+            });
+        }
+        if intact < size {
+            log::warn!(
+                "{}: dropping a torn record at the end ({} bytes, never acknowledged)",
+                path.display(),
+                size - intact
+            );
+        }
+        replayed += records.len();
+        for r in records {
+            apply(r).map_err(|e| GalleryError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        (last, len) = (n, intact);
+        total += intact;
+    }
+    Ok((replayed, LogWriter::open(dir, last, len, total)?))
+}
+
 /// The open segment that changes are appended to.
 pub struct LogWriter {
     dir: PathBuf,

@@ -181,19 +181,9 @@ impl<'c> FtRun<'c> {
             Init::Random => None,
         };
         let mut data = load_data(cfg)?;
+        let out = cfg.run.out.clone();
         if let Some((dir, _, meta)) = &source {
-            if meta.classes != data.classes {
-                return Err(TrainError::Checkpoint {
-                    path: dir.to_path_buf(),
-                    message: format!(
-                        "its encoder was trained on {} classes ({}), the data has {} ({}): fine-tune on the data it was pretrained on",
-                        meta.classes.len(),
-                        preview(&meta.classes),
-                        data.classes.len(),
-                        preview(&data.classes)
-                    ),
-                });
-            }
+            check_source(dir, meta, &data.classes, &out)?;
         }
         let split = labelled::split(
             &data.train.labels,
@@ -207,17 +197,6 @@ impl<'c> FtRun<'c> {
                 found: split.train.len(),
                 batch: ft.batch,
             });
-        }
-        let out = cfg.run.out.clone();
-        if let Some((dir, _, _)) = &source {
-            if same_dir(dir, &out) {
-                return Err(TrainError::Checkpoint {
-                    path: out,
-                    message:
-                        "is the run being fine-tuned: write the fine-tuned run elsewhere (--out)"
-                            .into(),
-                });
-            }
         }
         std::fs::create_dir_all(&out).map_err(TrainError::io(&out))?;
         write_json(&out.join("config.json"), cfg)?;
@@ -665,6 +644,36 @@ fn labelled_files(data: &RunData, split: &LabelledSplit) -> LabelledFiles {
         train: paths(&split.train),
         val: paths(&split.val),
     }
+}
+
+/// Refuses a source run whose encoder learnt other classes than the data's, or whose
+/// directory is the output's: checked before anything is written.
+fn check_source(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    classes: &[String],
+    out: &Path,
+) -> Result<(), TrainError> {
+    if meta.classes != classes {
+        return Err(TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "its encoder was trained on {} classes ({}), the data has {} ({}): fine-tune on the data it was pretrained on",
+                meta.classes.len(),
+                preview(&meta.classes),
+                classes.len(),
+                preview(classes)
+            ),
+        });
+    }
+    if same_dir(dir, out) {
+        return Err(TrainError::Checkpoint {
+            path: out.to_path_buf(),
+            message: "is the run being fine-tuned: write the fine-tuned run elsewhere (--out)"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 fn preview(classes: &[String]) -> String {

@@ -334,26 +334,40 @@ struct Truth {
     rare: Vec<Vec<String>>,
 }
 
+/// The embedded gallery as it is, and as it was before the log (from the same snapshot).
 fn embedded(
     args: &Args,
     dir: &Path,
     d: &Data,
     truth: &Truth,
 ) -> anyhow::Result<(Figures, Figures)> {
-    let (mut now, mut before) = (Figures::default(), Figures::default());
     let cfg = GalleryConfig {
         dir: dir.join("embedded"),
         ..GalleryConfig::default()
     };
+    let now = embedded_now(args, &cfg, d, truth)?;
+    let before = embedded_before_log(args, dir, &cfg, d, truth)?;
+    Ok((now, before))
+}
+
+/// Inserts, the bulk build, compaction, single adds, a restart, searches and recall by
+/// `ef_search`, in `cfg.dir`.
+fn embedded_now(
+    args: &Args,
+    cfg: &GalleryConfig,
+    d: &Data,
+    truth: &Truth,
+) -> anyhow::Result<Figures> {
+    let mut now = Figures::default();
     let _ = std::fs::remove_dir_all(&cfg.dir);
     eprintln!("embedded (hnsw_rs + log), {} entries:", d.items.len());
-    let g = EmbeddedGallery::open(&cfg, opening(d.dim, Seed::default()))?;
+    let g = EmbeddedGallery::open(cfg, opening(d.dim, Seed::default()))?;
     let one_by_one = insert_all(&g, d)?;
     now.put(
         "insert, batches of 1,000",
         format!("{one_by_one:.0} entries/s (one at a time)"),
     );
-    let built = parallel_build(d, graph_params(&cfg));
+    let built = parallel_build(d, graph_params(cfg));
     now.put(
         "bulk build (seeding, compaction, rebuild)",
         format!(
@@ -380,7 +394,7 @@ fn embedded(
 
     let before_rss = rss_mib();
     let t = Instant::now();
-    let g = EmbeddedGallery::open(&cfg, opening(d.dim, Seed::default()))?;
+    let g = EmbeddedGallery::open(cfg, opening(d.dim, Seed::default()))?;
     now.put(
         "start-up",
         format!(
@@ -398,17 +412,27 @@ fn embedded(
     searches(&mut now, &g, d, truth, args.seconds)?;
     g.flush()?;
     drop(g);
-    recall_by_ef(&mut now, d, truth, &cfg, EmbeddedGallery::open)?;
+    recall_by_ef(&mut now, d, truth, cfg, EmbeddedGallery::open)?;
+    Ok(now)
+}
 
-    // Before the log: a start decoded the snapshot and rebuilt the graph; every write
-    // encoded and rewrote the whole snapshot. The same snapshot, without its graph dump:
+/// Before the log, a start decoded the snapshot and rebuilt the graph, and every write
+/// encoded and rewrote the whole snapshot: the same snapshot, without its graph dump.
+fn embedded_before_log(
+    args: &Args,
+    dir: &Path,
+    cfg: &GalleryConfig,
+    d: &Data,
+    truth: &Truth,
+) -> anyhow::Result<Figures> {
+    let mut before = Figures::default();
     eprintln!("embedded as before the log:");
     let old = dir.join("embedded-before");
     let _ = std::fs::remove_dir_all(&old);
     std::fs::create_dir_all(&old)?;
     std::fs::copy(cfg.dir.join(FILE), old.join(FILE))?;
     let t = Instant::now();
-    let mut g = MemoryGallery::load(&old, graph_params(&cfg))?
+    let mut g = MemoryGallery::load(&old, graph_params(cfg))?
         .context("snapshot")?
         .gallery;
     before.put(
@@ -440,7 +464,7 @@ fn embedded(
     }
     let as_before = BeforeLog(std::sync::RwLock::new(g));
     searches(&mut before, &as_before, d, truth, args.seconds)?;
-    Ok((now, before))
+    Ok(before)
 }
 
 /// The in-memory gallery alone, searched as the server searched it before the log.

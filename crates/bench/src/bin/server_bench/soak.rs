@@ -111,8 +111,67 @@ impl Soak {
     }
 }
 
-/// Back-to-back requests on one keep-alive connection (reopened when the server drops
-/// it): a route chosen by the request count, one in twenty malformed.
+/// One request of the soak's mix.
+struct SoakRequest {
+    route: &'static str,
+    method: &'static str,
+    path: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl SoakRequest {
+    /// `POST path` with `body` as a raw JPEG.
+    fn raw(route: &'static str, path: &str, body: Vec<u8>) -> Self {
+        SoakRequest {
+            route,
+            method: "POST",
+            path: path.into(),
+            content_type: "image/jpeg".into(),
+            body,
+        }
+    }
+
+    /// Client `k`'s `n`th request: a route chosen by `n`, one in twenty malformed. Adds
+    /// push their ids to `live`; deletes take the oldest, so that each client's entries
+    /// stay bounded and memory can settle.
+    fn nth(k: usize, n: usize, jpeg: &[u8], live: &mut Vec<String>) -> Self {
+        if n.is_multiple_of(20) {
+            let garbage = vec![(n % 251) as u8; 64 + n % 512];
+            return Self::raw("malformed", "/v1/embed", garbage);
+        }
+        match n % 5 {
+            1 => Self::raw("search", "/v1/search?k=5", jpeg.to_vec()),
+            2 => Self::raw("classify", "/v1/classify", jpeg.to_vec()),
+            3 => {
+                let id = format!("soak/{k}/{n}");
+                let (body, content_type) = multipart(&[
+                    ("images", Some("a.jpg"), jpeg),
+                    ("ids", None, id.as_bytes()),
+                ]);
+                live.push(id);
+                SoakRequest {
+                    route: "gallery add",
+                    method: "POST",
+                    path: "/v1/gallery".into(),
+                    content_type,
+                    body,
+                }
+            }
+            4 if live.len() > 8 => SoakRequest {
+                route: "gallery delete",
+                method: "DELETE",
+                path: format!("/v1/gallery/{}", live.remove(0)),
+                content_type: String::new(),
+                body: Vec::new(),
+            },
+            _ => Self::raw("embed", "/v1/embed", jpeg.to_vec()),
+        }
+    }
+}
+
+/// Back-to-back requests ([`SoakRequest::nth`]) on one keep-alive connection, reopened
+/// when the server drops it.
 fn client(k: usize, addr: &str, jpegs: &[Vec<u8>], stop: &AtomicBool, tally: &Mutex<Tally>) {
     let mut conn = Connection::open(addr).ok();
     let mut live: Vec<String> = Vec::new();
@@ -120,84 +179,24 @@ fn client(k: usize, addr: &str, jpegs: &[Vec<u8>], stop: &AtomicBool, tally: &Mu
     while !stop.load(Ordering::SeqCst) {
         n += 1;
         let jpeg = &jpegs[(k * 7 + n) % jpegs.len()];
-        let id = format!("soak/{k}/{n}");
-        let (route, method, path, ct, body): (&'static str, &str, String, String, Vec<u8>) =
-            if n.is_multiple_of(20) {
-                let garbage = vec![(n % 251) as u8; 64 + n % 512];
-                (
-                    "malformed",
-                    "POST",
-                    "/v1/embed".into(),
-                    "image/jpeg".into(),
-                    garbage,
-                )
-            } else {
-                match n % 5 {
-                    0 => (
-                        "embed",
-                        "POST",
-                        "/v1/embed".into(),
-                        "image/jpeg".into(),
-                        jpeg.clone(),
-                    ),
-                    1 => (
-                        "search",
-                        "POST",
-                        "/v1/search?k=5".into(),
-                        "image/jpeg".into(),
-                        jpeg.clone(),
-                    ),
-                    2 => (
-                        "classify",
-                        "POST",
-                        "/v1/classify".into(),
-                        "image/jpeg".into(),
-                        jpeg.clone(),
-                    ),
-                    3 => {
-                        let (body, ct) = multipart(&[
-                            ("images", Some("a.jpg"), jpeg),
-                            ("ids", None, id.as_bytes()),
-                        ]);
-                        live.push(id);
-                        ("gallery add", "POST", "/v1/gallery".into(), ct, body)
-                    }
-                    // Deletes keep each client's entries bounded, so memory can settle.
-                    _ if live.len() > 8 => {
-                        let old = live.remove(0);
-                        (
-                            "gallery delete",
-                            "DELETE",
-                            format!("/v1/gallery/{old}"),
-                            String::new(),
-                            Vec::new(),
-                        )
-                    }
-                    _ => (
-                        "embed",
-                        "POST",
-                        "/v1/embed".into(),
-                        "image/jpeg".into(),
-                        jpeg.clone(),
-                    ),
-                }
-            };
+        let r = SoakRequest::nth(k, n, jpeg, &mut live);
         let t = Instant::now();
+        let headers = [("Content-Type", r.content_type.as_str())];
         let status = match conn
             .as_mut()
-            .map(|c| c.send(method, &path, &[("Content-Type", &ct)], &body))
+            .map(|c| c.send(r.method, &r.path, &headers, &r.body))
         {
-            Some(Ok(r)) => r.status,
+            Some(Ok(answer)) => answer.status,
             _ => {
                 conn = Connection::open(addr).ok();
                 0
             }
         };
         let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
-        *tally.statuses.entry((route, status)).or_insert(0) += 1;
+        *tally.statuses.entry((r.route, status)).or_insert(0) += 1;
         tally
             .latencies
-            .entry(route)
+            .entry(r.route)
             .or_default()
             .push(t.elapsed().as_secs_f64());
     }
