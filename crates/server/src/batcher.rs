@@ -43,6 +43,9 @@ const POLL: Duration = Duration::from_micros(250);
 /// images, a cancelled request).
 pub struct Ticket {
     preparing: Arc<AtomicUsize>,
+    /// Admitted even when the queue is full: the readiness canary, one image per probe.
+    /// A server busy with clients' work must not look broken for it.
+    exempt: bool,
 }
 
 impl Drop for Ticket {
@@ -112,7 +115,15 @@ impl Batcher {
         self.preparing.fetch_add(1, Ordering::SeqCst);
         Ticket {
             preparing: self.preparing.clone(),
+            exempt: false,
         }
+    }
+
+    /// The ticket of the readiness canary: admitted past a full queue (see [`Ticket`]).
+    pub fn canary_ticket(&self) -> Ticket {
+        let mut t = self.ticket();
+        t.exempt = true;
+        t
     }
 
     pub fn dim(&self) -> usize {
@@ -128,6 +139,7 @@ impl Batcher {
         ticket: Ticket,
     ) -> Result<Vec<f32>, EmbedError> {
         // Queued or refused, the images are no longer on their way.
+        let exempt = ticket.exempt;
         drop(ticket);
         if n == 0 {
             return Ok(Vec::new());
@@ -135,7 +147,7 @@ impl Batcher {
         let tx = self.tx.as_ref().ok_or(EmbedError::ShuttingDown)?;
         // Reserve room for n images; undo and refuse when the queue would overflow.
         let before = self.metrics.queue_depth.fetch_add(n, Ordering::SeqCst);
-        if before + n > self.capacity {
+        if before + n > self.capacity && !exempt {
             self.metrics.queue_depth.fetch_sub(n, Ordering::SeqCst);
             return Err(EmbedError::Overloaded { queued: before });
         }
@@ -472,6 +484,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let err = b.embed(vec![0.0; 3], 1, b.ticket()).await.unwrap_err();
         assert!(matches!(err, EmbedError::Overloaded { .. }), "{err}");
+        // Readiness's canary still gets through: a busy server is not a broken one.
+        let canary = b.embed(vec![0.0; 3], 1, b.canary_ticket()).await;
+        assert_eq!(canary.expect("the canary is admitted").len(), 2);
         first.await.expect("join").expect("first");
         waiting.await.expect("join").expect("waiting");
     }

@@ -180,7 +180,10 @@ pub async fn readyz(state: State) -> Result<HttpResponse, ApiError> {
 /// match the one the model gave at start-up.
 async fn canary(state: &State) -> Result<(), String> {
     let e = state
-        .embed(vec![health::canary_image().to_vec()], state.ticket())
+        .embed(
+            vec![health::canary_image().to_vec()],
+            state.batcher.canary_ticket(),
+        )
         .await
         .map_err(|e| format!("model: {e}"))?;
     let diff = e

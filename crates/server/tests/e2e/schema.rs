@@ -7,7 +7,8 @@
 
 use serde_json::{json, Value};
 use simsiam_bench::client::{request, Response};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// `client::request`, with the answer checked against the document.
 pub fn send(
@@ -92,13 +93,7 @@ pub fn check(addr: &str, method: &str, path: &str, r: &Response) {
 }
 
 fn validate(doc: &Value, schema: &Value, method: &str, route: &str, r: &Response) {
-    let root = json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "allOf": [schema],
-        "components": doc["components"],
-    });
-    let validator = jsonschema::validator_for(&root)
-        .unwrap_or_else(|e| panic!("the schema of {method} {route} {}: {e}", r.status));
+    let validator = validator(doc, schema);
     let body = r.json();
     let errors: Vec<String> = validator
         .iter_errors(&body)
@@ -111,6 +106,31 @@ fn validate(doc: &Value, schema: &Value, method: &str, route: &str, r: &Response
         errors.join("\n"),
         r.text()
     );
+}
+
+/// The validator of `schema` (whose `$ref`s point into the document's components),
+/// compiled once: the load tests' clients check every answer, and compiling per answer
+/// would take the CPU the server under test needs.
+fn validator(doc: &Value, schema: &Value) -> Arc<jsonschema::Validator> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let key = schema.to_string();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = cache.get(&key) {
+        return v.clone();
+    }
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "allOf": [schema],
+        "components": doc["components"],
+    });
+    let v = Arc::new(
+        jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("the schema {key}: {e}")),
+    );
+    cache.insert(key, v.clone());
+    v
 }
 
 /// The check is not a formality: a real answer passes, and each way of breaking it fails.
