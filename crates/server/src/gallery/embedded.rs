@@ -68,13 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GalleryError + '_ {
-    move |source| {
-        FileError {
-            path: path.to_path_buf(),
-            source,
-        }
-        .into()
-    }
+    move |source| FileError::at(path)(source).into()
 }
 
 impl EmbeddedGallery {

@@ -343,11 +343,7 @@ impl MemoryGallery {
             Ok(Ok(name)) => name,
             Ok(Err(e)) => {
                 return Err(match e.downcast::<std::io::Error>() {
-                    Ok(source) => FileError {
-                        path: dir.join(basename),
-                        source,
-                    }
-                    .into(),
+                    Ok(source) => FileError::at(&dir.join(basename))(source).into(),
                     Err(e) => failed(e.to_string()),
                 })
             }
@@ -355,7 +351,7 @@ impl MemoryGallery {
         };
         for file in graph_files(dir, &name) {
             let synced = std::fs::File::open(&file).and_then(|f| f.sync_all());
-            synced.map_err(|source| FileError { path: file, source })?;
+            synced.map_err(FileError::at(&file))?;
         }
         Ok(Some(name))
     }

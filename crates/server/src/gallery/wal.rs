@@ -85,10 +85,7 @@ pub fn segment_number(name: &str) -> Option<u64> {
 
 /// The segment numbers present in `dir`, ascending.
 pub fn segments(dir: &Path) -> Result<Vec<u64>, GalleryError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| FileError {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let entries = std::fs::read_dir(dir).map_err(FileError::at(dir))?;
     let mut out: Vec<u64> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| segment_number(e.file_name().to_str()?))
@@ -103,10 +100,7 @@ pub fn read_segment(path: &Path) -> Result<(Vec<Record>, u64), GalleryError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|source| FileError {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(FileError::at(path))?;
     let mut records = Vec::new();
     let mut at = 0usize;
     while let Some(header) = bytes.get(at..at + 8) {
@@ -193,17 +187,13 @@ impl LogWriter {
         since_snapshot: u64,
     ) -> Result<Self, GalleryError> {
         let path = segment_path(dir, segment);
-        let io = |source| FileError {
-            path: path.clone(),
-            source,
-        };
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io)?;
-        file.set_len(len).map_err(io)?;
+            .map_err(FileError::at(&path))?;
+        file.set_len(len).map_err(FileError::at(&path))?;
         let mut w = Self {
             dir: dir.to_path_buf(),
             segment,
@@ -227,11 +217,7 @@ impl LogWriter {
     }
 
     fn io(&self, source: std::io::Error) -> GalleryError {
-        FileError {
-            path: segment_path(&self.dir, self.segment),
-            source,
-        }
-        .into()
+        FileError::at(&segment_path(&self.dir, self.segment))(source).into()
     }
 
     pub fn segment(&self) -> u64 {
@@ -299,13 +285,7 @@ impl LogWriter {
 pub fn sync_dir(dir: &Path) -> Result<(), GalleryError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| {
-            FileError {
-                path: dir.to_path_buf(),
-                source,
-            }
-            .into()
-        })
+        .map_err(|source| FileError::at(dir)(source).into())
 }
 
 #[cfg(test)]
